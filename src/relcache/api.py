@@ -1,0 +1,130 @@
+"""Public entry points: apply / remove / reset / stats / cache_context."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from relcache.adapters import ModelAdapter, find_adapter, supported_classes
+from relcache.caching.engine import CacheEngine, CacheStats, Targets
+from relcache.caching.methods import CacheMethod
+
+_ENGINE_ATTR = "_relcache_engine"
+
+
+def resolve_model(target: Any) -> nn.Module:
+    """The nn.Module to cache: the model itself, or a pipeline's ``transformer``."""
+    if isinstance(target, nn.Module):
+        return target
+    inner = getattr(target, "transformer", None)
+    if isinstance(inner, nn.Module):
+        return inner
+    raise TypeError(
+        f"relcache.apply takes an nn.Module or a diffusers pipeline with a .transformer, got "
+        f"{type(target).__name__}"
+    )
+
+
+def _targets(model: nn.Module, patterns, driver) -> tuple[Targets, ModelAdapter | None]:
+    if patterns is not None:
+        pats = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        return Targets(pats, driver), None
+    adapter = find_adapter(model)
+    if adapter is None:
+        raise ValueError(
+            f"relcache has no adapter for {type(model).__name__}; supported: "
+            f"{', '.join(supported_classes())}. For another model pass the modules to cache, "
+            "e.g. relcache.apply(model, cfg, patterns=[r'blocks\\.\\d+\\.attn', "
+            "r'blocks\\.\\d+\\.mlp'])"
+        )
+    targets = adapter.targets()
+    return (dataclasses.replace(targets, driver=driver) if driver else targets), adapter
+
+
+def apply(
+    target: Any,
+    config: CacheMethod,
+    *,
+    patterns: str | list[str] | tuple[str, ...] | None = None,
+    driver: str | None = None,
+) -> Any:
+    """Cache ``target`` (a model or a diffusers pipeline) with ``config``; returns ``target``."""
+    model = resolve_model(target)
+    if hasattr(model, _ENGINE_ATTR):
+        raise ValueError(
+            f"relcache is already applied to this {type(model).__name__}; call "
+            "relcache.remove(model) first to change the method"
+        )
+    targets, adapter = _targets(model, patterns, driver)
+    if adapter is not None and adapter.prepare is not None:
+        adapter.prepare(model)
+    engine = CacheEngine(model, config, targets)
+    engine.adapter = adapter
+    engine.attach()
+    setattr(model, _ENGINE_ATTR, engine)
+    if model is not target:
+        _hook_pipeline(target, engine)
+    return target
+
+
+def remove(target: Any) -> Any:
+    """Undo :func:`apply`: every original forward is restored exactly."""
+    model = resolve_model(target)
+    engine = _engine(model)
+    engine.detach()
+    if engine.adapter is not None and engine.adapter.restore is not None:
+        engine.adapter.restore(model)
+    delattr(model, _ENGINE_ATTR)
+    if model is not target:
+        _unhook_pipeline(target)
+    return target
+
+
+def _engine(target: Any) -> CacheEngine:
+    engine = getattr(resolve_model(target), _ENGINE_ATTR, None)
+    if engine is None:
+        raise ValueError("relcache is not applied to this model; call relcache.apply first")
+    return engine
+
+
+def reset(target: Any) -> None:
+    """Forget all cached state; the next call starts a new trajectory."""
+    _engine(target).reset()
+
+
+def stats(target: Any) -> CacheStats:
+    """NFC, full steps, per-module counts and peak cache bytes of the last generation."""
+    return _engine(target).stats()
+
+
+def is_applied(target: Any) -> bool:
+    """Whether relcache currently wraps this model or pipeline."""
+    return hasattr(resolve_model(target), _ENGINE_ATTR)
+
+
+@contextlib.contextmanager
+def cache_context(target: Any, name: str) -> Iterator[None]:
+    """Route the model calls inside to a named branch (e.g. "cond" / "uncond" passes)."""
+    with _engine(target).branch(name):
+        yield
+
+
+def _hook_pipeline(pipe: Any, engine: CacheEngine) -> None:
+    """Reset the cache at every pipeline call, via a per-instance subclass (undone by remove)."""
+    base = type(pipe)
+
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
+        engine.reset()
+        return base.__call__(self, *args, **kwargs)
+
+    pipe.__class__ = type(base.__name__, (base,), {"__call__": __call__, "_relcache_base": base})
+
+
+def _unhook_pipeline(pipe: Any) -> None:
+    base = type(pipe).__dict__.get("_relcache_base")
+    if base is not None:
+        pipe.__class__ = base

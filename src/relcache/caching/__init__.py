@@ -1,0 +1,1 @@
+"""The caching math (taylor, relational), the methods' configs, and the engine that routes calls."""

@@ -1,0 +1,19 @@
+"""FORA: reuse the last full-step output (TaylorSeer's schedule with order 0, §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from relcache.caching.methods.taylorseer import TaylorSeer
+
+
+@dataclass(frozen=True)
+class FORA(TaylorSeer):
+    """Full step every ``interval`` steps after ``warmup`` full steps; cached steps reuse."""
+
+    order: int = field(default=0, init=False)  # type: ignore[assignment]
+
+    name = "fora"
+
+    def describe(self) -> str:
+        return "FORA" if self.full_steps is not None else f"FORA N={self.interval}"

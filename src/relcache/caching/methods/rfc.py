@@ -1,0 +1,89 @@
+"""RFC = RFE (relational magnitude) + RCS (error-driven full steps) on TaylorSeer (§3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relcache.caching.methods.base import (
+    CacheMethod,
+    check_full_steps,
+    check_positive_int,
+    fixed_schedule_is_full,
+)
+from relcache.caching.methods.taylorseer import check_order
+
+
+@dataclass(frozen=True)
+class RFC(CacheMethod):
+    """Relational feature caching. ``rcs=False`` takes a fixed ``interval`` or ``full_steps``
+    (the paper's "+RFE" ablation); ``rfe=False`` keeps the Taylor prediction ("+RCS")."""
+
+    order: int = 2  # type: ignore[assignment]
+    threshold: float | None = None  # type: ignore[assignment]
+    warmup: int = 2
+    rfe: bool = True
+    rcs: bool = True
+    interval: int | None = None
+    full_steps: tuple[int, ...] | None = None
+
+    name = "rfc"
+
+    def __post_init__(self) -> None:
+        if self.full_steps is not None:
+            object.__setattr__(self, "full_steps", tuple(self.full_steps))
+        check_order(self.order, minimum=1)
+        check_positive_int("warmup", self.warmup, "RFC needs warmup >= 2")
+        if self.warmup < 2:
+            raise ValueError(
+                f"RFC warmup must be >= 2 (RFE needs two full steps to measure s), got "
+                f"{self.warmup}; use warmup=2 for DiT, 3 for FLUX"
+            )
+        check_full_steps(self.full_steps)
+        if self.rcs:
+            self._check_rcs()
+        else:
+            self._check_fixed()
+
+    def _check_rcs(self) -> None:
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ValueError(
+                f"RFC(rcs=True) needs a threshold > 0, got {t!r}; pass e.g. threshold=0.5, or "
+                "let relcache.calibrate_threshold find the one matching a target NFC"
+            )
+        if self.interval is not None or self.full_steps is not None:
+            raise ValueError(
+                "RFC(rcs=True) schedules full steps itself; drop interval/full_steps, or pass "
+                "rcs=False to use a fixed schedule"
+            )
+
+    def _check_fixed(self) -> None:
+        if self.threshold is not None:
+            raise ValueError("threshold is only used with rcs=True; drop it or set rcs=True")
+        if (self.interval is None) == (self.full_steps is None):
+            raise ValueError(
+                "RFC(rcs=False) needs exactly one of interval=N (TaylorSeer's schedule) or "
+                "full_steps=[...]"
+            )
+        if self.interval is not None:
+            check_positive_int("interval", self.interval, "use 4 for NFC 14 at 50 steps")
+
+    @property
+    def relational(self) -> bool:  # type: ignore[override]
+        return self.rfe
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup
+
+    def is_full(self, step: int) -> bool | None:
+        if self.full_steps is not None:
+            return step in self.full_steps
+        if self.interval is not None:
+            return fixed_schedule_is_full(step, self.interval, self.warmup)
+        return True if step < self.warmup else None
+
+    def describe(self) -> str:
+        parts = {(True, True): "RFC", (True, False): "+RFE", (False, True): "+RCS"}
+        label = parts.get((self.rfe, self.rcs), "TaylorSeer(RFC)")
+        return f"{label} m={self.order}"

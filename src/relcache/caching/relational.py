@@ -1,0 +1,59 @@
+"""Relational feature estimation (RFE) and relational cache scheduling (RCS), RFC_SPEC §3.
+
+Everything that depends only on full steps (the ratio s, the Gram matrix of the Taylor factors)
+is computed once at the full step; a cached step then needs one norm of the input change and a
+handful of (B,)-sized operations per module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from relcache.caching.taylor import accum
+
+
+def row_norm(x: Tensor, p: int = 2) -> Tensor:
+    """Per-sample norm over all non-batch axes (tokens x channels): (B, ...) -> (B,) fp32."""
+    return torch.linalg.vector_norm(accum(x).reshape(x.shape[0], -1), ord=p, dim=1)
+
+
+def increment_gram(factors: Tensor) -> Tensor:
+    """Inner products <f_r, f_q> of the orders r, q >= 1, so ||D(k)||^2 = c^T G c (§3 RFE).
+
+    factors: (m+1, B, ...) -> (B, m, m) fp64.
+    """
+    m1, b = factors.shape[:2]
+    inc = factors[1:].reshape(m1 - 1, b, -1).transpose(0, 1).double()  # (B, m, N)
+    return inc @ inc.transpose(1, 2)  # (B, m, m)
+
+
+def relational_ratio(out_delta: Tensor, in_delta: Tensor) -> Tensor:
+    """s = ||O(i) - O(j)|| / ||I(i) - I(j)|| per sample (§3); NaN marks an unusable ratio. (B,)"""
+    ok = in_delta > 0
+    return torch.where(ok, out_delta / torch.where(ok, in_delta, 1.0), float("nan"))
+
+
+def rfe_coefficients(taylor: Tensor, gram: Tensor, ratio: Tensor, in_change: Tensor) -> Tensor:
+    """Rescale the Taylor increment to length s * ||I(i+k) - I(i)|| (§3 RFE).
+
+    taylor: (B, m+1) coefficients k^r/r!; gram: (B, m, m); ratio s: (B,); in_change: (B,).
+    Returns (B, m+1): [1, a*c_1, ..., a*c_m] with a = s*||dI|| / ||D||, or the Taylor
+    coefficients unchanged where ||D|| = 0 or s is unusable.
+    """
+    inc = taylor[:, 1:].double()  # (B, m)
+    d_sq = torch.einsum("bm,bmn,bn->b", inc, gram, inc).clamp_min(0.0)  # (B,)
+    d_norm = d_sq.sqrt()  # (B,)
+    ok = (d_norm > 0) & torch.isfinite(ratio)
+    gain = ratio.double() * in_change.double()  # (B,)
+    alpha = torch.where(ok, gain / torch.where(ok, d_norm, 1.0), 1.0)  # (B,)
+    scale = torch.ones_like(taylor, dtype=torch.float64)
+    scale[:, 1:] = alpha[:, None]
+    return taylor * scale
+
+
+def relative_l1_error(actual: Tensor, predicted: Tensor) -> Tensor:
+    """e = ||I0 - I0_hat||_1 / ||I0||_1 per sample (§3 RCS). (B, ...) -> (B,)"""
+    num = row_norm(accum(actual) - predicted, p=1)
+    den = row_norm(actual, p=1)
+    return num / den.clamp_min(torch.finfo(torch.float32).tiny)

@@ -1,0 +1,78 @@
+"""Normalise module inputs and outputs (tensor or tuple of tensors) once, at the boundary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def first_tensor(args: tuple, kwargs: dict) -> Tensor | None:
+    """The first tensor argument, positional before keyword; None if there is none."""
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, Tensor):
+            return v
+    return None
+
+
+def flatten_output(out: Any) -> tuple[list[Tensor], tuple]:
+    """Split a module output into its tensors and a template to rebuild it from predictions."""
+    if isinstance(out, Tensor):
+        return [out], ("tensor",)
+    if isinstance(out, (tuple, list)):
+        slots = tuple(isinstance(v, Tensor) for v in out)
+        consts = tuple(None if s else v for s, v in zip(slots, out))
+        return [v for v in out if isinstance(v, Tensor)], (type(out), slots, consts)
+    raise TypeError(
+        f"relcache can cache modules returning a tensor or a tuple of tensors, got "
+        f"{type(out).__name__}; pass patterns that select such modules"
+    )
+
+
+def rebuild_output(tensors: list[Tensor], template: tuple) -> Any:
+    """Inverse of :func:`flatten_output`."""
+    if template[0] == "tensor":
+        return tensors[0]
+    kind, slots, consts = template
+    it = iter(tensors)
+    values = [next(it) if s else c for s, c in zip(slots, consts)]
+    return kind(values)
+
+
+def signature(args: tuple, kwargs: dict) -> tuple:
+    """Shapes of every tensor argument: a change means a new trajectory."""
+    return tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, Tensor))
+
+
+def take_rows(value: Any, rows: Tensor, batch: int) -> Any:
+    """Select batch rows of every tensor argument whose leading size is the batch size."""
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return value.index_select(0, rows)
+    if isinstance(value, (tuple, list)):
+        return type(value)(take_rows(v, rows, batch) for v in value)
+    if isinstance(value, dict):
+        return {k: take_rows(v, rows, batch) for k, v in value.items()}
+    return value
+
+
+def default_timestep(args: tuple, kwargs: dict) -> float | None:
+    """The diffusion timestep of a root call: kwarg timestep/timesteps/t, else a 0/1-D 2nd arg."""
+    value = next((kwargs[k] for k in ("timestep", "timesteps", "t") if k in kwargs), None)
+    if value is None and len(args) > 1:
+        cand = args[1]
+        if isinstance(cand, (int, float)) or (isinstance(cand, Tensor) and cand.dim() <= 1):
+            value = cand
+    if isinstance(value, Tensor):
+        return float(value.reshape(-1)[0]) if value.numel() else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def as_tensors(value: Tensor | tuple | list) -> list[Tensor]:
+    """A module's selected input(s) as a list of tensors."""
+    return [value] if isinstance(value, Tensor) else [v for v in value if v is not None]
+
+
+def zeros_like_rows(batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A (B,) zero vector."""
+    return torch.zeros(batch, device=device, dtype=dtype)

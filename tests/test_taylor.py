@@ -1,0 +1,75 @@
+"""TaylorSeer factors follow the official recursion exactly (RFC_SPEC §2)."""
+
+import torch
+
+import relcache
+from relcache.caching import taylor
+from relcache.api import _engine
+from tests.toys import Chain, run_trajectory
+
+
+def _signal_inputs(values: list[float]) -> list[torch.Tensor]:
+    return [torch.full((2, 3, 4), v, dtype=torch.float64) for v in values]
+
+
+def test_factor_recursion_hand_computed_quadratic_uneven() -> None:
+    # O(i) = i^2 at full steps 0, 1, 5, 9; the latest gap divides every order:
+    # step 1: f0=1, f1=1; step 5: f0=25, f1=(25-1)/4=6, f2=(6-1)/4=1.25;
+    # step 9: f0=81, f1=(81-25)/4=14, f2=(14-6)/4=2.
+    f, n = None, torch.zeros(1, dtype=torch.long)
+    last = 0
+    for step in (0, 1, 5, 9):
+        gap = torch.tensor([max(step - last, 1)])
+        new = taylor.update_factors(f, torch.tensor([[float(step**2)]]), gap, n)
+        f = torch.cat([new, new.new_zeros(3 - new.shape[0], *new.shape[1:])])
+        n, last = n + 1, step
+    assert f[:, 0, 0].tolist() == [81.0, 14.0, 2.0]
+    coeff = taylor.taylor_coefficients(torch.tensor([2]), n, order=2)
+    pred = taylor.combine(f, coeff)
+    assert pred.item() == 81 + 14 * 2 + 2 * 4 / 2  # 113, not 11^2: inexact on uneven gaps
+
+
+def test_engine_factors_match_hand_values() -> None:
+    model = Chain(torch.nn.Identity())
+    relcache.apply(model, relcache.TaylorSeer(full_steps=[0, 1, 5, 9]), patterns=[r"mods\.0"])
+    outs = run_trajectory(model, _signal_inputs([float(i * i) for i in range(12)]))
+    state = _engine(model).branches["call0"].modules["mods.0"]
+    assert state.factors[0][:, 0, 0, 0].tolist() == [81.0, 14.0, 2.0]
+    assert outs[10][0, 0, 0].item() == 81 + 14 + 1  # k = 1
+    assert outs[11][0, 0, 0].item() == 113
+    assert outs[7][0, 0, 0].item() == 25 + 6 * 2 + 1.25 * 2  # k = 2 after step 5
+
+
+def test_linear_signal_exact_for_any_order_and_schedule() -> None:
+    values = [3.0 - 0.7 * i for i in range(30)]
+    for order in (1, 2, 3):
+        for sched in ([0, 1, 5, 9, 20], [0, 2, 3, 11, 12, 25]):
+            model = Chain(torch.nn.Identity())
+            relcache.apply(model, relcache.TaylorSeer(order=order, full_steps=sched),
+                           patterns=[r"mods\.0"])
+            outs = run_trajectory(model, _signal_inputs(values))
+            for step in range(sched[1] + 1, 30):
+                assert torch.allclose(outs[step], torch.full_like(outs[step], values[step]),
+                                      atol=1e-9), (order, sched, step)
+
+
+def test_order_grows_by_one_per_full_step() -> None:
+    # cubic signal, m = 3: after 1 full step the prediction is constant, after 2 linear, ...
+    values = [float(i**3) for i in range(10)]
+    model = Chain(torch.nn.Identity())
+    relcache.apply(model, relcache.TaylorSeer(order=3, full_steps=[0, 2, 4, 6]),
+                   patterns=[r"mods\.0"])
+    outs = [o[0, 0, 0].item() for o in run_trajectory(model, _signal_inputs(values))]
+    assert outs[1] == 0.0  # only f0 = O(0)
+    assert outs[3] == 8 + (8 - 0) / 2 * 1  # f0, f1
+    f1, f1_old = (64 - 8) / 2, (8 - 0) / 2
+    assert outs[5] == 64 + f1 + (f1 - f1_old) / 2 / 2  # f0, f1, f2
+    assert len(_engine(model).branches["call0"].modules["mods.0"].factors[0]) == 4
+
+
+def test_fora_reuses_last_full_output() -> None:
+    values = [float(i) for i in range(10)]
+    model = Chain(torch.nn.Identity())
+    relcache.apply(model, relcache.FORA(interval=3), patterns=[r"mods\.0"])
+    outs = [o[0, 0, 0].item() for o in run_trajectory(model, _signal_inputs(values))]
+    assert outs == [0, 1, 1, 1, 4, 4, 4, 7, 7, 7]
