@@ -1,0 +1,165 @@
+"""The engine around the math: attach/detach, branches, resets, per-row decisions, stats."""
+
+import pytest
+import torch
+from torch import nn
+
+import relcache
+from tests.toys import Chain, linear_module, run_trajectory
+
+
+def _model() -> nn.Module:
+    return Chain(linear_module(), nn.GELU().double(), linear_module(seed=3))
+
+
+def _inputs(steps: int, batch: int = 3) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2, batch, 4, 6, generator=gen, dtype=torch.float64).unbind(0)
+    speed = torch.arange(1, batch + 1, dtype=torch.float64).view(batch, 1, 1)  # per-row pace
+    return [a * torch.cos(0.1 * i * speed) + b * (0.05 * i * speed) ** 1.5 for i in range(steps)]
+
+
+PATTERNS = [r"mods\.[02]"]
+
+
+def test_remove_restores_bit_identical_outputs() -> None:
+    model, xs = _model(), _inputs(12)
+    with torch.no_grad():
+        before = run_trajectory(model, xs)
+        relcache.apply(model, relcache.RFC(threshold=0.3), patterns=PATTERNS)
+        run_trajectory(model, xs)
+        relcache.remove(model)
+        after = run_trajectory(model, xs)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+def test_never_caching_config_is_bit_identical() -> None:
+    model, xs = _model(), _inputs(10)
+    with torch.no_grad():
+        ref = run_trajectory(model, xs)
+        relcache.apply(model, relcache.TaylorSeer(interval=1), patterns=PATTERNS)
+        out = run_trajectory(model, xs)
+    assert all(torch.equal(a, b) for a, b in zip(ref, out))
+    assert relcache.stats(model).nfc == 10
+
+
+def test_apply_twice_and_remove_unapplied_are_errors() -> None:
+    model = _model()
+    relcache.apply(model, relcache.FORA(), patterns=PATTERNS)
+    with pytest.raises(ValueError, match="already applied"):
+        relcache.apply(model, relcache.FORA(), patterns=PATTERNS)
+    relcache.remove(model)
+    with pytest.raises(ValueError, match="call relcache.apply first"):
+        relcache.remove(model)
+
+
+def test_no_matching_module_and_unknown_model_errors() -> None:
+    with pytest.raises(ValueError, match="matches the patterns"):
+        relcache.apply(_model(), relcache.FORA(), patterns=[r"blocks\.\d+\.attn"])
+    with pytest.raises(ValueError, match="pass the modules to cache"):
+        relcache.apply(_model(), relcache.FORA())
+    with pytest.raises(TypeError, match="relcache method"):
+        relcache.apply(_model(), {"interval": 4}, patterns=PATTERNS)
+
+
+def test_state_resets_between_generations() -> None:
+    model, xs = _model(), _inputs(20)
+    relcache.apply(model, relcache.RFC(threshold=0.2), patterns=PATTERNS)
+    with torch.no_grad():
+        first = run_trajectory(model, xs)
+        second = run_trajectory(model, xs)  # timestep goes back up: a new trajectory
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert relcache.stats(model).steps == {"call0": 20}
+
+
+def test_shape_change_starts_new_trajectory_with_warning() -> None:
+    model = _model()
+    relcache.apply(model, relcache.TaylorSeer(interval=3), patterns=PATTERNS)
+    xs = _inputs(6)
+    with torch.no_grad():
+        for i, x in enumerate(xs[:3]):
+            model(x, torch.full((3,), 10.0 - i))
+        with pytest.warns(UserWarning, match="shapes changed mid-trajectory"):
+            model(xs[3][:2], torch.full((2,), 7.0))
+    assert relcache.stats(model).steps == {"call0": 1}
+
+
+def test_new_resolution_on_new_generation_needs_no_reset() -> None:
+    model = _model()
+    relcache.apply(model, relcache.RFC(threshold=0.2), patterns=PATTERNS)
+    small = [x[:, :2] for x in _inputs(8)]
+    with torch.no_grad():
+        run_trajectory(model, _inputs(8))
+        out = run_trajectory(model, small)
+        relcache.remove(model)
+        relcache.apply(model, relcache.RFC(threshold=0.2), patterns=PATTERNS)
+        fresh = run_trajectory(model, small)
+    assert all(torch.equal(a, b) for a, b in zip(out, fresh))
+
+
+def test_rows_are_independent_of_batch_mates() -> None:
+    """Per-row RCS decisions: a sample's output does not depend on the rest of its batch."""
+    model, xs = _model(), _inputs(25, batch=4)
+    relcache.apply(model, relcache.RFC(threshold=0.15), patterns=PATTERNS)
+    with torch.no_grad():
+        batched = run_trajectory(model, xs)
+        nfc_rows = relcache.stats(model).nfc_per_sample["call0"]
+        for row in range(4):
+            alone = run_trajectory(model, [x[row : row + 1] for x in xs])
+            assert all(torch.allclose(a[row], b[0], atol=1e-12) for a, b in zip(batched, alone))
+            assert relcache.stats(model).nfc_per_sample["call0"] == [nfc_rows[row]]
+    assert len(set(nfc_rows)) > 1  # the rows really took different schedules
+
+
+def test_sequential_cfg_keeps_branches_apart() -> None:
+    """Two calls per step (cond, uncond) at the same timestep == one doubled batch."""
+    model, xs = _model(), _inputs(20, batch=4)
+    relcache.apply(model, relcache.RFC(threshold=0.15), patterns=PATTERNS)
+    with torch.no_grad():
+        doubled = run_trajectory(model, xs)
+        nfc_doubled = relcache.stats(model).nfc_per_sample["call0"]
+        cond, uncond = [], []
+        for i, x in enumerate(xs):
+            t = torch.full((2,), float(20 - i))
+            cond.append(model(x[:2], t))
+            uncond.append(model(x[2:], t))
+    st = relcache.stats(model)
+    assert st.steps == {"call0": 20, "call1": 20}
+    assert st.nfc_per_sample["call0"] + st.nfc_per_sample["call1"] == nfc_doubled
+    for d, c, u in zip(doubled, cond, uncond):
+        assert torch.allclose(d, torch.cat([c, u]), atol=1e-12)
+
+
+def test_explicit_cache_context() -> None:
+    model, xs = _model(), _inputs(9)
+    relcache.apply(model, relcache.TaylorSeer(interval=4), patterns=PATTERNS)
+    with torch.no_grad():
+        for i, x in enumerate(xs):
+            with relcache.cache_context(model, "uncond"):
+                model(x, torch.full((3,), float(9 - i)))
+    st = relcache.stats(model)
+    assert st.full_steps == {"uncond": [0, 1, 5]}
+
+
+def test_stats_counts_and_memory() -> None:
+    model, xs = _model(), _inputs(14)
+    relcache.apply(model, relcache.TaylorSeer(interval=4, order=2), patterns=PATTERNS)
+    with torch.no_grad():
+        run_trajectory(model, xs)
+    st = relcache.stats(model)
+    assert st.nfc == 5 and st.full_steps["call0"] == [0, 1, 5, 9, 13]
+    assert st.module_calls == {n: {"full": 5, "cached": 9} for n in ("mods.0", "mods.2")}
+    factor_bytes = 2 * 3 * (3 * 4 * 6) * 8  # 2 modules x (m+1) x (B,T,D) float64
+    assert st.peak_cache_bytes == factor_bytes
+
+
+def test_rfc_memory_includes_last_inputs() -> None:
+    model, xs = _model(), _inputs(6)
+    relcache.apply(model, relcache.RFC(rcs=False, interval=4, order=1), patterns=PATTERNS)
+    with torch.no_grad():
+        run_trajectory(model, xs)
+    st = relcache.stats(model)
+    per_module = 2 * 72 * 8 + 72 * 8 + 3 * 8 + 3 * 1 * 1 * 8  # factors, input, s, gram
+    assert st.peak_cache_bytes == 2 * per_module + 0
