@@ -30,7 +30,7 @@ def test_remove_restores_bit_identical_outputs() -> None:
         run_trajectory(model, xs)
         relcache.remove(model)
         after = run_trajectory(model, xs)
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=False))
     assert all("forward" not in m.__dict__ for m in model.modules())
     assert not model._forward_pre_hooks and not model._forward_hooks
 
@@ -41,7 +41,7 @@ def test_never_caching_config_is_bit_identical() -> None:
         ref = run_trajectory(model, xs)
         relcache.apply(model, relcache.TaylorSeer(interval=1), patterns=PATTERNS)
         out = run_trajectory(model, xs)
-    assert all(torch.equal(a, b) for a, b in zip(ref, out))
+    assert all(torch.equal(a, b) for a, b in zip(ref, out, strict=False))
     assert relcache.stats(model).nfc == 10
 
 
@@ -70,7 +70,7 @@ def test_state_resets_between_generations() -> None:
     with torch.no_grad():
         first = run_trajectory(model, xs)
         second = run_trajectory(model, xs)  # timestep goes back up: a new trajectory
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=False))
     assert relcache.stats(model).steps == {"call0": 20}
 
 
@@ -96,7 +96,7 @@ def test_new_resolution_on_new_generation_needs_no_reset() -> None:
         relcache.remove(model)
         relcache.apply(model, relcache.RFC(threshold=0.2), patterns=PATTERNS)
         fresh = run_trajectory(model, small)
-    assert all(torch.equal(a, b) for a, b in zip(out, fresh))
+    assert all(torch.equal(a, b) for a, b in zip(out, fresh, strict=False))
 
 
 def test_rows_are_independent_of_batch_mates() -> None:
@@ -108,7 +108,10 @@ def test_rows_are_independent_of_batch_mates() -> None:
         nfc_rows = relcache.stats(model).nfc_per_sample["call0"]
         for row in range(4):
             alone = run_trajectory(model, [x[row : row + 1] for x in xs])
-            assert all(torch.allclose(a[row], b[0], atol=1e-12) for a, b in zip(batched, alone))
+            assert all(
+                torch.allclose(a[row], b[0], atol=1e-12)
+                for a, b in zip(batched, alone, strict=False)
+            )
             assert relcache.stats(model).nfc_per_sample["call0"] == [nfc_rows[row]]
     assert len(set(nfc_rows)) > 1  # the rows really took different schedules
 
@@ -128,7 +131,7 @@ def test_sequential_cfg_keeps_branches_apart() -> None:
     st = relcache.stats(model)
     assert st.steps == {"call0": 20, "call1": 20}
     assert st.nfc_per_sample["call0"] + st.nfc_per_sample["call1"] == nfc_doubled
-    for d, c, u in zip(doubled, cond, uncond):
+    for d, c, u in zip(doubled, cond, uncond, strict=False):
         assert torch.allclose(d, torch.cat([c, u]), atol=1e-12)
 
 

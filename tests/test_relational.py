@@ -33,7 +33,7 @@ def test_rfe_exact_for_linear_module_where_taylor_is_not() -> None:
         relcache.apply(model, cfg, patterns=[r"mods\.0"])
         with torch.no_grad():
             outs = run_trajectory(model, inputs)
-        errors[name] = max((o - e).abs().max().item() for o, e in zip(outs, exact))
+        errors[name] = max((o - e).abs().max().item() for o, e in zip(outs, exact, strict=False))
         relcache.remove(model)
     assert errors["rfe"] < 1e-9
     assert errors["taylor"] > 1e-3
@@ -80,8 +80,7 @@ def test_rcs_triggers_exactly_when_accumulated_error_crosses(tau: float) -> None
     values = [1.0 + 0.3 * i + 0.02 * i * i + 0.1 * (i % 3) for i in range(40)]
     inputs = [torch.full((1, 2, 3), v, dtype=torch.float64) for v in values]
     model = Chain(torch.nn.Identity(), torch.nn.Identity())
-    relcache.apply(model, relcache.RFC(order=1, threshold=tau, rfe=False),
-                   patterns=[r"mods\.\d"])
+    relcache.apply(model, relcache.RFC(order=1, threshold=tau, rfe=False), patterns=[r"mods\.\d"])
     run_trajectory(model, inputs)
     assert relcache.stats(model).full_steps["call0"] == _rcs_reference(values, tau)
 

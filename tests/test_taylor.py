@@ -3,8 +3,8 @@
 import torch
 
 import relcache
-from relcache.caching import taylor
 from relcache.api import _engine
+from relcache.caching import taylor
 from tests.toys import Chain, run_trajectory
 
 
@@ -45,20 +45,23 @@ def test_linear_signal_exact_for_any_order_and_schedule() -> None:
     for order in (1, 2, 3):
         for sched in ([0, 1, 5, 9, 20], [0, 2, 3, 11, 12, 25]):
             model = Chain(torch.nn.Identity())
-            relcache.apply(model, relcache.TaylorSeer(order=order, full_steps=sched),
-                           patterns=[r"mods\.0"])
+            relcache.apply(
+                model, relcache.TaylorSeer(order=order, full_steps=sched), patterns=[r"mods\.0"]
+            )
             outs = run_trajectory(model, _signal_inputs(values))
             for step in range(sched[1] + 1, 30):
-                assert torch.allclose(outs[step], torch.full_like(outs[step], values[step]),
-                                      atol=1e-9), (order, sched, step)
+                assert torch.allclose(
+                    outs[step], torch.full_like(outs[step], values[step]), atol=1e-9
+                ), (order, sched, step)
 
 
 def test_order_grows_by_one_per_full_step() -> None:
     # cubic signal, m = 3: after 1 full step the prediction is constant, after 2 linear, ...
     values = [float(i**3) for i in range(10)]
     model = Chain(torch.nn.Identity())
-    relcache.apply(model, relcache.TaylorSeer(order=3, full_steps=[0, 2, 4, 6]),
-                   patterns=[r"mods\.0"])
+    relcache.apply(
+        model, relcache.TaylorSeer(order=3, full_steps=[0, 2, 4, 6]), patterns=[r"mods\.0"]
+    )
     outs = [o[0, 0, 0].item() for o in run_trajectory(model, _signal_inputs(values))]
     assert outs[1] == 0.0  # only f0 = O(0)
     assert outs[3] == 8 + (8 - 0) / 2 * 1  # f0, f1

@@ -1,7 +1,7 @@
 """relcache: relational feature caching (RFC, ICLR 2026) for diffusion transformers.
 
-    import relcache
-    relcache.apply(model_or_pipeline, relcache.RFC(order=2, threshold=0.5))
+import relcache
+relcache.apply(model_or_pipeline, relcache.RFC(order=2, threshold=0.5))
 """
 
 from relcache.api import apply, cache_context, is_applied, remove, reset, stats

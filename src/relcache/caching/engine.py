@@ -262,7 +262,7 @@ class CacheEngine:
             outs = [o.index_select(0, rows) for o in outs]
         sub_inputs = [x.index_select(0, rows) for x in inputs]
         self._record(br, st, rows, outs, template, sub_inputs)
-        merged = [p.index_copy(0, rows, o.to(p.dtype)) for p, o in zip(pred, outs)]
+        merged = [p.index_copy(0, rows, o.to(p.dtype)) for p, o in zip(pred, outs, strict=False)]
         return rebuild_output(merged, st.template)
 
     # ----- decision (RCS) -------------------------------------------------------------------
@@ -319,7 +319,7 @@ class CacheEngine:
         gap, nf = self._gaps(br, rows)
         old_factors = st.factors or [None] * len(outs)
         new_factors = []
-        for o, old_all in zip(outs, old_factors):
+        for o, old_all in zip(outs, old_factors, strict=False):
             old = self._rows(old_all, rows)
             new = taylor.update_factors(old, o, gap, nf)
             new_factors.append((old, self._store(old_all, new, rows, self.config.order)))
@@ -345,7 +345,7 @@ class CacheEngine:
             grams.append(self._put(st.gram[j] if st.gram else None, gram, rows))
         st.ratio, st.gram = ratios, grams
         olds = st.last_input or [None] * len(inputs)
-        st.last_input = [self._put(o, x.detach(), rows) for o, x in zip(olds, inputs)]
+        st.last_input = [self._put(o, x.detach(), rows) for o, x in zip(olds, inputs, strict=False)]
 
     @staticmethod
     def _put(full: Tensor | None, part: Tensor, rows: Tensor | None) -> Tensor:
@@ -356,7 +356,7 @@ class CacheEngine:
         """||I - I(i)||_2 per row over all input tensors together. (B,)"""
         if last is None:
             return torch.zeros(inputs[0].shape[0], device=inputs[0].device)
-        sq = sum(rel.row_norm(taylor.accum(x) - y) ** 2 for x, y in zip(inputs, last))
+        sq = sum(rel.row_norm(taylor.accum(x) - y) ** 2 for x, y in zip(inputs, last, strict=False))
         return sq.sqrt()
 
     def _predict(self, br: BranchState, st: ModuleState, inputs: list[Tensor]) -> list[Tensor]:
@@ -365,10 +365,12 @@ class CacheEngine:
         if self.config.relational:
             change = self._input_change(inputs, st.last_input)  # (B,)
             coeffs = [
-                rel.rfe_coefficients(br.coeff, g, s, change) for g, s in zip(st.gram, st.ratio)
+                rel.rfe_coefficients(br.coeff, g, s, change)
+                for g, s in zip(st.gram, st.ratio, strict=False)
             ]
         return [
-            taylor.combine(f, c).to(dt) for f, c, dt in zip(st.factors, coeffs, st.dtypes)
+            taylor.combine(f, c).to(dt)
+            for f, c, dt in zip(st.factors, coeffs, st.dtypes, strict=False)
         ]
 
     # ----- reporting ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def flatten_output(out: Any) -> tuple[list[Tensor], tuple]:
         return [out], ("tensor",)
     if isinstance(out, (tuple, list)):
         slots = tuple(isinstance(v, Tensor) for v in out)
-        consts = tuple(None if s else v for s, v in zip(slots, out))
+        consts = tuple(None if s else v for s, v in zip(slots, out, strict=False))
         return [v for v in out if isinstance(v, Tensor)], (type(out), slots, consts)
     raise TypeError(
         f"relcache can cache modules returning a tensor or a tuple of tensors, got "
@@ -36,7 +36,7 @@ def rebuild_output(tensors: list[Tensor], template: tuple) -> Any:
         return tensors[0]
     kind, slots, consts = template
     it = iter(tensors)
-    values = [next(it) if s else c for s, c in zip(slots, consts)]
+    values = [next(it) if s else c for s, c in zip(slots, consts, strict=False)]
     return kind(values)
 
 
@@ -63,8 +63,8 @@ def default_timestep(args: tuple, kwargs: dict) -> float | None:
         cand = args[1]
         if isinstance(cand, (int, float)) or (isinstance(cand, Tensor) and cand.dim() <= 1):
             value = cand
-    if isinstance(value, Tensor):
-        return float(value.reshape(-1)[0]) if value.numel() else None
+    if isinstance(value, Tensor):  # meta tensors (FLOPs counting) carry no value
+        return float(value.reshape(-1)[0]) if value.numel() and not value.is_meta else None
     return float(value) if isinstance(value, (int, float)) else None
 
 

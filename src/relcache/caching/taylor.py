@@ -50,7 +50,7 @@ def taylor_coefficients(k: Tensor, n_full: Tensor, order: int) -> Tensor:
 
 
 def combine(factors: Tensor, coeff: Tensor) -> Tensor:
-    """sum_r coeff[b, r] * factors[r, b] in one contraction. factors (m+1, B, ...), coeff (B, m+1)."""
+    """sum_r coeff[b, r] * factors[r, b], one contraction: (m+1, B, ...), (B, m+1) -> (B, ...)."""
     m1, b = factors.shape[:2]
     flat = factors.reshape(m1, b, -1)  # (m+1, B, N)
     out = torch.einsum("rbn,br->bn", flat, coeff.to(flat.dtype))  # (B, N)

@@ -27,7 +27,7 @@ def check_full_steps(full_steps: tuple[int, ...] | None) -> None:
     if full_steps is None:
         return
     steps = list(full_steps)
-    if not steps or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+    if not steps or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError(
             f"full_steps must be a strictly increasing list of step indices starting at 0 "
             f"(step 0 has nothing cached yet), got {steps!r}"

@@ -1,0 +1,66 @@
+"""``relcache flops``: NFC and TFLOPs of one generation, counted on the meta device."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from relcache.commands.common import add_method_args, method_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``flops`` subcommand."""
+    from relcache.models import DIT_PRESETS
+
+    p = sub.add_parser(
+        "flops",
+        help="count NFC and TFLOPs of one generation (reference DiT presets)",
+        description="Counts FLOPs of a whole generation of one image (CFG-doubled batch) from "
+        "shapes on the meta device. Example: relcache flops --model dit-xl-2 --method "
+        "taylorseer --interval 4 --order 2 --json",
+    )
+    p.add_argument(
+        "--model",
+        default="DiT-XL/2",
+        help=f"DiT preset ({', '.join(DIT_PRESETS)}; lowercase aliases like dit-xl-2)",
+    )
+    p.add_argument("--input-size", type=int, default=None, help="latent size (64 for 512px)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--batch", type=int, default=2, help="rows per forward (2 = one CFG image)")
+    p.add_argument(
+        "--nfc",
+        type=float,
+        default=None,
+        help="budget for RCS methods, whose schedule depends on the data",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_method_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Count and print."""
+    from relcache.flops import dit_flops
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    # RCS needs a threshold only to be a valid config; the count uses --nfc
+    config = method_from_args(args, threshold_default=1.0)
+    report = dit_flops(
+        args.model,
+        config,
+        steps=args.steps,
+        nfc=args.nfc,
+        batch=args.batch,
+        input_size=args.input_size,
+    )
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report)))
+    else:
+        print(
+            f"{report.method}: NFC {report.nfc:g} / {report.steps}, {report.tflops:.2f} TFLOPs "
+            f"(full step {report.full_step_gflops:.1f} GFLOPs, cached step "
+            f"{report.cached_step_gflops:.2f} GFLOPs)"
+        )
+    return 0
