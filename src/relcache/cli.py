@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # subcommand name -> module in relcache.commands exposing register(subparsers) and run(args)
-COMMANDS = ("flops",)
+COMMANDS = ("demo", "flops")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Evaluation: the Fashion-MNIST feature classifier and sample-quality metrics."""
