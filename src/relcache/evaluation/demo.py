@@ -1,4 +1,4 @@
-"""``relcache demo``: full compute, FORA, TaylorSeer and RFC at matched budgets on the shipped model."""
+"""``relcache demo``: full compute, FORA, TaylorSeer and RFC at matched budgets (shipped model)."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def save_grid(
     fig, axes = plt.subplots(
         len(rows), 1, figsize=(n * 0.6 + 2.2, len(rows) * 0.75 + 0.2), squeeze=False
     )
-    for ax, row, label in zip(axes[:, 0], rows, labels):
+    for ax, row, label in zip(axes[:, 0], rows, labels, strict=True):
         strip = torch.cat(list(row), dim=-1)  # (C, H, n*W)
         ax.imshow(strip.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([])
