@@ -166,3 +166,20 @@ def test_rfc_memory_includes_last_inputs() -> None:
     st = relcache.stats(model)
     per_module = 2 * 72 * 8 + 72 * 8 + 3 * 8 + 3 * 1 * 1 * 8  # factors, input, s, gram
     assert st.peak_cache_bytes == 2 * per_module + 0
+
+
+def test_observe_reports_predictions_and_shadow_truth() -> None:
+    model, xs = _model(), _inputs(8)
+    relcache.apply(model, relcache.TaylorSeer(interval=3, order=1), patterns=PATTERNS)
+    records = []
+    with torch.no_grad(), relcache.observe(model, records.append, shadow=True):
+        outs = run_trajectory(model, xs)
+    cached = [r for r in records if not r["full"]]
+    assert {r["step"] for r in cached} == {2, 3, 5, 6}
+    assert all(r["actual"] is not None for r in cached)
+    assert [r["full"] for r in records if r["name"] == "mods.0"][:3] == [True, True, False]
+    relcache.remove(model)
+    with torch.no_grad():
+        ref = run_trajectory(model, xs)
+    # shadow runs do not change the returned (cached) outputs
+    assert not torch.equal(outs[2], ref[2]) and torch.equal(outs[1], ref[1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
@@ -111,6 +111,21 @@ def cache_context(target: Any, name: str) -> Iterator[None]:
     """Route the model calls inside to a named branch (e.g. "cond" / "uncond" passes)."""
     with _engine(target).branch(name):
         yield
+
+
+@contextlib.contextmanager
+def observe(target: Any, fn: Callable[[dict], None], *, shadow: bool = False) -> Iterator[None]:
+    """Call ``fn(record)`` at every cached-module call (analysis; slows sampling down).
+
+    A record holds name, step, branch, full, inputs, outputs and, with ``shadow=True`` at cached
+    steps, the ``actual`` outputs of running the module too (the prediction is still returned).
+    """
+    engine = _engine(target)
+    engine.observer, engine.shadow = fn, shadow
+    try:
+        yield
+    finally:
+        engine.observer, engine.shadow = None, False
 
 
 def _hook_pipeline(pipe: Any, engine: CacheEngine) -> None:

@@ -100,6 +100,8 @@ class CacheEngine:
         self._originals: dict[str, Any] = {}
         self._handles: list[Any] = []
         self.adapter: Any = None  # the ModelAdapter that chose the targets, if any
+        self.observer: Callable[[dict], None] | None = None  # analysis hook, see observe()
+        self.shadow = False  # analysis: also run the module at cached steps to measure error
 
     def _pick_driver(self) -> str:
         if self.targets.driver is None:
@@ -239,6 +241,8 @@ class CacheEngine:
             out = forward(*args, **kwargs)
             self._record(br, st, None, *flatten_output(out), inputs)
             br.full_calls[name] = br.full_calls.get(name, 0) + 1
+            if self.observer is not None:
+                self._observe(br, name, inputs, flatten_output(out)[0], None)
             return out
         if st.factors is None:
             raise RuntimeError(
@@ -248,6 +252,9 @@ class CacheEngine:
         pred = self._predict(br, st, inputs)
         br.cached_calls[name] = br.cached_calls.get(name, 0) + 1
         if br.full is False:
+            if self.observer is not None:
+                actual = flatten_output(forward(*args, **kwargs))[0] if self.shadow else None
+                self._observe(br, name, inputs, pred, actual)
             return rebuild_output(pred, st.template)
         return self._partial(br, st, name, forward, pred, inputs, args, kwargs)
 
@@ -372,6 +379,21 @@ class CacheEngine:
             taylor.combine(f, c).to(dt)
             for f, c, dt in zip(st.factors, coeffs, st.dtypes, strict=False)
         ]
+
+    def _observe(self, br, name, inputs, outputs, actual) -> None:
+        """Report one module call to the analysis observer (full: actual is None)."""
+        branch = next(k for k, v in self.branches.items() if v is br)
+        self.observer(
+            {
+                "name": name,
+                "step": br.step,
+                "branch": branch,
+                "full": actual is None and br.full is True,
+                "inputs": inputs,
+                "outputs": outputs,
+                "actual": actual,
+            }
+        )
 
     # ----- reporting ------------------------------------------------------------------------
     def stats(self) -> CacheStats:
