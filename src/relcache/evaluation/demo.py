@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from relcache.caching.methods import FORA, RFC, CacheMethod, TaylorSeer, fixed_schedule
+from relcache.caching.methods import FORA, RFC, TaylorSeer
+from relcache.evaluation.budgets import interval_for_nfc, method_costs
 from relcache.evaluation.calibrate import calibrate_threshold
 from relcache.evaluation.runner import Generation, run_method
-from relcache.flops import StepCosts, step_costs
 
 
 @dataclass(frozen=True)
@@ -38,28 +38,6 @@ class DemoSettings:
         for b in self.budgets:
             if not 2 < b <= self.steps:
                 raise ValueError(f"budget NFC {b} must lie in (2, {self.steps}] (warmup is 2)")
-
-
-def interval_for_nfc(target: float, steps: int, warmup: int = 2) -> int:
-    """The fixed-schedule interval N whose NFC is closest to ``target`` (ties: the cheaper)."""
-    return min(
-        range(1, steps + 1), key=lambda n: (abs(len(fixed_schedule(steps, n, warmup)) - target), -n)
-    )
-
-
-def method_costs(model: nn.Module, config: CacheMethod | None, batch: int = 2) -> StepCosts:
-    """Full and cached step FLOPs of ``model`` for one CFG image, counted on the meta device."""
-    from relcache.models import create_dit
-
-    with torch.device("meta"):
-        probe = create_dit(model.config)
-    c = model.config
-    x = torch.empty(batch, c.in_channels, c.input_size, c.input_size, device="meta")
-    t, y = torch.zeros(batch, device="meta"), torch.zeros(batch, dtype=torch.long, device="meta")
-    tokens = (c.input_size // c.patch_size) ** 2
-    return step_costs(
-        probe, config, lambda i: probe(x, t, y), "blocks.*", (batch, tokens, c.hidden_size)
-    )
 
 
 def calibrated_rfc(

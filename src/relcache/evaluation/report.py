@@ -56,9 +56,11 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """Rows as a Markdown table of the given columns."""
-    fmts = {k: f for k, f, _ in COLUMNS}
+def format_markdown(
+    rows: Sequence[dict], columns: Sequence[str], formats: dict[str, str] | None = None
+) -> str:
+    """Rows as a Markdown table of the given columns (``formats`` adds or overrides formats)."""
+    fmts = {k: f for k, f, _ in COLUMNS} | (formats or {})
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append(

@@ -25,6 +25,30 @@ class Generation:
     peak_cache_bytes: int
 
 
+class Stopwatch:
+    """Wall-clock seconds of a block: CUDA events on a GPU, ``time.perf_counter`` otherwise."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.seconds = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        if self.cuda:
+            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            self._events[0].record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            self._events[1].record()
+            self._events[1].synchronize()
+            self.seconds = self._events[0].elapsed_time(self._events[1]) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self._t0
+
+
 def per_sample_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
     """x_T for each seed, drawn on the CPU: a sample does not depend on its batch. (N, *shape)"""
     return torch.stack(
@@ -73,15 +97,15 @@ def run_method(
         starts = range(0, len(seeds), batch_size)
         for s in tqdm(starts, desc=desc or "sampling", disable=not progress, leave=False):
             n = len(seeds[s : s + batch_size])
-            t0 = time.perf_counter()
-            if config is not None:
-                relcache.reset(model)
-            images.append(
-                sample_batch(
-                    model, noise[s : s + n], labels[s : s + n], steps=steps, cfg_scale=cfg_scale
+            with Stopwatch(next(model.parameters()).device) as watch:
+                if config is not None:
+                    relcache.reset(model)
+                images.append(
+                    sample_batch(
+                        model, noise[s : s + n], labels[s : s + n], steps=steps, cfg_scale=cfg_scale
+                    )
                 )
-            )
-            seconds += time.perf_counter() - t0
+            seconds += watch.seconds
             nfc.append(_image_nfc(model, config, n, steps))
             peak = max(peak, relcache.stats(model).peak_cache_bytes if config else 0)
     finally:

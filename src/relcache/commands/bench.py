@@ -1,0 +1,224 @@
+"""``relcache bench``: matched-budget comparison of every method, with the paper's analyses."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Runs full compute and each caching method at each NFC budget on the same seeds (image i: seed+i,
+class i % num_classes), then writes report.md, results.json, plots and image grids into --out.
+Fixed-schedule methods (fora, taylorseer1/2, rfe) take the interval whose NFC is closest to the
+budget; RCS methods (rfc1/2, rcs) take the threshold calibrated on the first
+--calibration-samples samples. The full-compute reference is cached in --cache-dir.
+
+  relcache bench --samples 1000 --out bench_out
+  torchrun --nproc-per-node 2 -m relcache bench --samples 1000 --out bench_out
+  relcache bench --preset DiT-FM --preset-overrides depth=2,hidden_size=64,num_heads=4 \\
+      --steps 10 --samples 16 --budgets 6,4 --out /tmp/smoke
+"""
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected integers like 14,8, got {text!r}") from err
+
+
+def _name_tuple(text: str) -> tuple[str, ...]:
+    return tuple(v.strip().lower() for v in text.split(",") if v.strip())
+
+
+def _overrides(text: str) -> dict[str, int | float | str]:
+    out: dict[str, int | float | str] = {}
+    for item in filter(None, (v.strip() for v in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs, got {item!r}")
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = value
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand."""
+    from relcache.evaluation.bench import BENCH_METHODS, BenchSettings
+
+    d = BenchSettings()
+    p = sub.add_parser(
+        "bench",
+        help="matched-budget benchmark of FORA / TaylorSeer / RFC and ablations, with analyses",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("model (default: the shipped Fashion-MNIST DiT-FM)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help="DiT weights (.safetensors or .pt) to bench")
+    src.add_argument(
+        "--preset",
+        help="a DiT preset with random weights (seeded by --init-seed; zero-initialised layers "
+        "redrawn from N(0, 0.02)), for smoke tests",
+    )
+    g.add_argument(
+        "--preset-overrides",
+        type=_overrides,
+        default={},
+        help="DiTConfig fields for --preset, e.g. depth=2,hidden_size=64,num_heads=4",
+    )
+    g.add_argument("--init-seed", type=int, default=0, help="weight seed for --preset (default 0)")
+    g.add_argument(
+        "--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)"
+    )
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+
+    g = p.add_argument_group("sampling and sweep")
+    g.add_argument("--steps", type=int, default=d.steps, help=f"DDIM steps (default {d.steps})")
+    g.add_argument(
+        "--cfg-scale", type=float, default=d.cfg_scale, help=f"CFG scale (default {d.cfg_scale})"
+    )
+    g.add_argument(
+        "--samples", type=int, default=d.samples, help=f"images per method (default {d.samples})"
+    )
+    g.add_argument("--seed", type=int, default=d.seed, help="first seed; image i uses seed + i")
+    g.add_argument(
+        "--methods",
+        type=_name_tuple,
+        default=d.methods,
+        help=f"comma-separated, from {','.join(BENCH_METHODS)} (default: all); rfe/rcs are the "
+        "paper's m=1 ablations +RFE / +RCS",
+    )
+    g.add_argument(
+        "--budgets",
+        type=_int_tuple,
+        default=d.budgets,
+        help=f"target NFCs (default {','.join(map(str, d.budgets))}, the paper's at 50 steps)",
+    )
+    g.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=d.calibration_samples,
+        help=f"first samples used to calibrate RCS thresholds (default {d.calibration_samples})",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"images per forward batch, x2 rows with CFG (default {d.batch_size})",
+    )
+
+    g = p.add_argument_group("analyses and outputs")
+    g.add_argument(
+        "--analysis-samples",
+        type=int,
+        default=d.analysis_samples,
+        help=f"samples for the Fig. 1 analyses (default {d.analysis_samples})",
+    )
+    g.add_argument(
+        "--analysis-budget",
+        type=int,
+        default=None,
+        help="budget of the prediction-error analysis (default: the middle of --budgets)",
+    )
+    g.add_argument("--no-analysis", action="store_true", help="skip the Fig. 1 analyses")
+    g.add_argument(
+        "--grid-columns", type=int, default=d.grid_columns, help="images per grid row (default 16)"
+    )
+    g.add_argument("--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=d.cache_dir,
+        help=f"where full-compute references are cached (default {d.cache_dir})",
+    )
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted bench in --out: runs already in results.json are skipped",
+    )
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def _model_args(args: argparse.Namespace) -> str:
+    """The model-selecting flags, for the command line written into report.md."""
+    parts: list[str] = []
+    if args.checkpoint:
+        parts += ["--checkpoint", str(args.checkpoint)]
+    if args.preset:
+        parts += ["--preset", args.preset, "--init-seed", str(args.init_seed)]
+        if args.preset_overrides:
+            kv = ",".join(f"{k}={v}" for k, v in args.preset_overrides.items())
+            parts += ["--preset-overrides", kv]
+    return shlex.join(parts)
+
+
+def load_model(args: argparse.Namespace, device):
+    """The DiT to bench and its display name."""
+    from relcache.evaluation.bench import random_dit
+    from relcache.models import load_dit_weights
+    from relcache.shipped import load_generator
+
+    if args.preset_overrides and not args.preset:
+        raise ValueError("--preset-overrides needs --preset NAME")
+    if args.checkpoint:
+        return load_dit_weights(args.checkpoint, device=device), str(args.checkpoint)
+    if args.preset:
+        model = random_dit(args.preset, args.init_seed, **args.preset_overrides).to(device)
+        name = f"{args.preset} (random weights, seed {args.init_seed})"
+        return model, name
+    return load_generator(device=device), "shipped DiT-FM (Fashion-MNIST)"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, load, (join the process group,) bench, print where the outputs are."""
+    import torch
+
+    from relcache.evaluation import distributed as dist
+    from relcache.evaluation.bench import BenchSettings, run_bench
+    from relcache.evaluation.classifier import load_classifier
+
+    settings = BenchSettings(
+        steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        samples=args.samples,
+        seed=args.seed,
+        methods=args.methods,
+        budgets=args.budgets,
+        calibration_samples=args.calibration_samples,
+        batch_size=args.batch_size,
+        analysis=not args.no_analysis,
+        analysis_samples=args.analysis_samples,
+        analysis_budget=args.analysis_budget,
+        grid_columns=args.grid_columns,
+        out=args.out,
+        cache_dir=None if args.no_cache else args.cache_dir,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    distributed = dist.init_from_env(device)
+    main = dist.is_main()
+    try:
+        device = dist.local_device(device)
+        model, name = load_model(args, device)
+        settings = dataclasses.replace(settings, model_name=name)
+        run_bench(model, load_classifier().to(device), settings, _model_args(args))
+    finally:
+        if distributed:
+            dist.shutdown()
+    if main:
+        print(f"wrote {args.out / 'report.md'} and {args.out / 'results.json'}", file=sys.stderr)
+    return 0
