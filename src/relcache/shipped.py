@@ -26,6 +26,5 @@ def load_generator(path: str | Path | None = None, device: str | torch.device = 
             f"generator weights not found at {path}; reinstall relcache (the weights ship in "
             "relcache/assets) or train them with scripts/train_generator.py"
         )
-    model = create_dit(GENERATOR_PRESET)
-    load_dit_weights(model, path)
+    model = load_dit_weights(path, create_dit(GENERATOR_PRESET))
     return model.to(device).eval()

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="target NFCs, comma-separated (default 14,8)",
     )
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
-    p.add_argument("--cfg-scale", type=float, default=2.0, help="guidance scale (default 2.0)")
+    p.add_argument("--cfg-scale", type=float, default=3.0, help="guidance scale (default 3.0)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward batch")
     p.add_argument("--out", type=Path, default=Path("relcache_demo"), help="output folder")
     p.add_argument("--json", action="store_true", help="print the table as JSON rows")

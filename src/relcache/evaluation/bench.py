@@ -93,7 +93,7 @@ class BenchSettings:
     """Everything that defines a bench; the ``RESULT_FIELDS`` define its numbers (resume)."""
 
     steps: int = 50
-    cfg_scale: float = 2.0
+    cfg_scale: float = 3.0
     samples: int = 1000
     seed: int = 0
     methods: tuple[str, ...] = tuple(BENCH_METHODS)

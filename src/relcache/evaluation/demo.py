@@ -24,7 +24,7 @@ class DemoSettings:
     samples: int = 64
     budgets: tuple[int, ...] = (14, 8)
     seed: int = 0
-    cfg_scale: float = 2.0
+    cfg_scale: float = 3.0
     batch_size: int = 64
     calibration_samples: int = 16
     out: Path = field(default_factory=lambda: Path("relcache_demo"))
