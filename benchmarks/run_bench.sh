@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The committed benchmark: shipped DiT-FM, DDIM 50 steps, CFG 2.0, the paper's DiT budgets.
+# The committed benchmark: shipped DiT-FM, DDIM 50 steps, CFG 3.0, the paper's DiT budgets.
 # Every method x budget runs on the same SAMPLES seeds (image i: seed i, class i % 10).
 # Usage: benchmarks/run_bench.sh [extra relcache bench flags, e.g. --resume]
 #   NPROC=2 benchmarks/run_bench.sh   # shard the seeds over 2 processes (torchrun, gloo/NCCL)
@@ -12,7 +12,7 @@ OUT="${OUT:-benchmarks/results}"
 
 ARGS=(
   bench
-  --steps 50 --cfg-scale 2.0
+  --steps 50 --cfg-scale 3.0
   --samples "$SAMPLES" --seed 0
   --methods fora,taylorseer1,taylorseer2,rfc1,rfc2,rfe,rcs
   --budgets 14,11,10,8,7

@@ -10,9 +10,12 @@ from relcache.flops import StepCosts, step_costs
 
 
 def interval_for_nfc(target: float, steps: int, warmup: int = 2) -> int:
-    """The fixed-schedule interval N whose NFC is closest to ``target`` (ties: the cheaper)."""
+    """The fixed-schedule interval N whose NFC is closest to ``target``.
+
+    Ties go to the smallest N, as in the paper's table (NFC 8 at 50 steps is N = 7, not 8).
+    """
     return min(
-        range(1, steps + 1), key=lambda n: (abs(len(fixed_schedule(steps, n, warmup)) - target), -n)
+        range(1, steps + 1), key=lambda n: (abs(len(fixed_schedule(steps, n, warmup)) - target), n)
     )
 
 
