@@ -11,8 +11,20 @@ from relcache.evaluation.budgets import interval_for_nfc
 from relcache.sampling import generate
 from relcache.shipped import load_generator
 
-COLUMNS = {"method", "target_nfc", "nfc", "tflops", "seconds", "flops_speedup", "wall_speedup",
-           "psnr", "ssim", "fd2fc", "fd", "class_accuracy"}
+COLUMNS = {
+    "method",
+    "target_nfc",
+    "nfc",
+    "tflops",
+    "seconds",
+    "flops_speedup",
+    "wall_speedup",
+    "psnr",
+    "ssim",
+    "fd2fc",
+    "fd",
+    "class_accuracy",
+}
 
 
 def test_shipped_generator_gives_finite_samples() -> None:
@@ -33,8 +45,19 @@ def test_interval_for_budget_matches_the_paper() -> None:
 
 @pytest.mark.slow
 def test_demo_json_has_every_column(tmp_path, capsys) -> None:
-    argv = ["demo", "--steps", "8", "--samples", "6", "--budgets", "4", "--out", str(tmp_path),
-            "--json", "--no-progress"]
+    argv = [
+        "demo",
+        "--steps",
+        "8",
+        "--samples",
+        "6",
+        "--budgets",
+        "4",
+        "--out",
+        str(tmp_path),
+        "--json",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in rows] == ["full", "fora", "taylorseer", "rfc"]

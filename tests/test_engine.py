@@ -183,3 +183,24 @@ def test_observe_reports_predictions_and_shadow_truth() -> None:
         ref = run_trajectory(model, xs)
     # shadow runs do not change the returned (cached) outputs
     assert not torch.equal(outs[2], ref[2]) and torch.equal(outs[1], ref[1])
+
+
+def test_reference_dit_samples_identical_without_caching_and_after_remove() -> None:
+    from relcache.models import create_dit
+    from relcache.sampling import generate
+
+    torch.manual_seed(0)
+    dit = create_dit("DiT-FM", depth=2, hidden_size=48, num_heads=4)
+    for p in dit.parameters():  # adaLN-Zero starts at zero: give the blocks something to do
+        p.data.add_(0.02 * torch.randn_like(p))
+    kw = dict(steps=10, cfg_scale=2.0, seed=3, progress=False)
+    ref = generate(dit, [1, 2, 3], **kw)
+    relcache.apply(dit, relcache.TaylorSeer(interval=1))
+    assert len(relcache.stats(dit).module_calls) == 4  # blocks.{0,1}.{attn,mlp}
+    assert torch.equal(generate(dit, [1, 2, 3], **kw), ref)
+    relcache.remove(dit)
+    relcache.apply(dit, relcache.RFC(threshold=0.1))
+    cached = generate(dit, [1, 2, 3], **kw)
+    assert relcache.stats(dit).nfc < 10 and not torch.equal(cached, ref)
+    relcache.remove(dit)
+    assert torch.equal(generate(dit, [1, 2, 3], **kw), ref)

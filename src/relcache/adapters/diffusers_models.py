@@ -223,23 +223,29 @@ register_adapter(
     )
 )
 
+# FLUX and HunyuanVideo share the MMDiT layout: double-stream blocks + fused single-stream blocks
+MMDIT_PATTERNS = (
+    r"transformer_blocks\.\d+\.attn",
+    r"transformer_blocks\.\d+\.ff",
+    r"transformer_blocks\.\d+\.ff_context",
+    rf"single_transformer_blocks\.\d+\.{FUSED}",
+)
+MMDIT = dict(
+    patterns=MMDIT_PATTERNS,
+    driver=r"transformer_blocks\.0\.attn",
+    inputs=joint_inputs,
+    slice_batch=False,  # rotary embeddings (S, D) reach the attention modules
+)
+
 register_adapter(
     ModelAdapter(
         name="diffusers-flux",
         class_names=("FluxTransformer2DModel",),
-        patterns=(
-            r"transformer_blocks\.\d+\.attn",
-            r"transformer_blocks\.\d+\.ff",
-            r"transformer_blocks\.\d+\.ff_context",
-            rf"single_transformer_blocks\.\d+\.{FUSED}",
-        ),
-        driver=r"transformer_blocks\.0\.attn",
-        inputs=joint_inputs,
-        slice_batch=False,  # rotary embeddings (S, D) reach the attention modules
         prepare=_flux_prepare,
         restore=_flux_restore,
         notes="double blocks: attn -> (img_attn, txt_attn), ff, ff_context; single blocks: fused "
         "proj_out(cat(attn, mlp)); FLUX.1: 19 x 4 + 38 = 114 features in 95 modules",
+        **MMDIT,
     )
 )
 
@@ -247,19 +253,11 @@ register_adapter(
     ModelAdapter(
         name="diffusers-hunyuanvideo",
         class_names=("HunyuanVideoTransformer3DModel",),
-        patterns=(
-            r"transformer_blocks\.\d+\.attn",
-            r"transformer_blocks\.\d+\.ff",
-            r"transformer_blocks\.\d+\.ff_context",
-            rf"single_transformer_blocks\.\d+\.{FUSED}",
-        ),
-        driver=r"transformer_blocks\.0\.attn",
-        inputs=joint_inputs,
-        slice_batch=False,  # rotary embeddings (S, D) reach the attention modules
         prepare=_hunyuan_prepare,
         restore=_hunyuan_restore,
         notes="like FLUX: 20 x 4 + 40 = 120 features in 100 modules; token-replace (I2V) blocks "
         "are not supported",
+        **MMDIT,
     )
 )
 
