@@ -131,9 +131,10 @@ def rcs_step_flops(input_shape: tuple[int, ...] | None, order: int) -> int:
         raise ValueError("RCS FLOPs need the driver input's shape (rcs_input_shape)")
     from relcache.caching import relational, taylor
 
-    x = torch.empty(input_shape, device="meta")
-    factors = torch.empty(order + 1, *input_shape, device="meta")
-    coeff = torch.empty(input_shape[0], order + 1, device="meta")
+    b, n = input_shape[0], math.prod(input_shape[1:])
+    x = torch.empty(b, n, device="meta")
+    factors = torch.empty(b, n, order + 1, device="meta")  # the layout of taylor.update_factors
+    coeff = torch.empty(b, order + 1, device="meta")
     counter = FlopCounterMode(display=False, custom_mapping=CACHE_OPS)
     with counter:
         relational.relative_l1_error(x, taylor.combine(factors, coeff))

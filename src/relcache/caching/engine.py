@@ -279,8 +279,9 @@ class CacheEngine:
             return
         x = inputs[0]  # (B, ...)
         if br.full is None:
-            predicted = taylor.combine(br.rcs_factors, br.coeff)  # (B, ...)
-            br.rcs_acc = br.rcs_acc + rel.relative_l1_error(x, predicted)
+            predicted = taylor.combine(br.rcs_factors, br.coeff)  # (B, N)
+            error = rel.relative_l1_error(x.reshape(x.shape[0], -1), predicted)  # (B,)
+            br.rcs_acc = br.rcs_acc + error
             mask = br.rcs_acc > self.config.threshold  # (B,)
             br.rcs_acc = torch.where(mask, 0.0, br.rcs_acc)
             n = int(mask.sum())  # the one host sync RCS needs per step
@@ -289,7 +290,7 @@ class CacheEngine:
             rows = None if br.full is True else br.full
             gap, nf = self._gaps(br, rows)
             old = self._rows(br.rcs_factors, rows)
-            new = taylor.update_factors(old, self._rows(x, rows, 0), gap, nf)
+            new = taylor.update_factors(old, self._rows(x, rows), gap, nf)
             br.rcs_factors = self._store(br.rcs_factors, new, rows, self.config.order)
 
     # ----- record / predict -----------------------------------------------------------------
@@ -300,29 +301,31 @@ class CacheEngine:
         return gap.index_select(0, rows), br.n_full.index_select(0, rows)
 
     @staticmethod
-    def _rows(t: Tensor | None, rows: Tensor | None, dim: int = 1) -> Tensor | None:
+    def _rows(t: Tensor | None, rows: Tensor | None) -> Tensor | None:
+        """The given batch rows of a per-row tensor (B, ...); all rows when ``rows`` is None."""
         if t is None or rows is None:
             return t
-        return t.index_select(dim, rows)
+        return t.index_select(0, rows)
 
     @staticmethod
     def _store(full: Tensor | None, new: Tensor, rows: Tensor | None, order: int) -> Tensor:
         """Write updated rows back; orders grow from 1 to m+1 factors as full steps arrive."""
         if full is None or rows is None:
             return CacheEngine._pad_orders(new, order)
-        return full.index_copy(1, rows, CacheEngine._pad_orders(new, order))
+        return full.index_copy(0, rows, CacheEngine._pad_orders(new, order))
 
     @staticmethod
     def _pad_orders(new: Tensor, order: int) -> Tensor:
-        if new.shape[0] == order + 1:
+        if new.shape[-1] == order + 1:
             return new
-        pad = new.new_zeros((order + 1 - new.shape[0], *new.shape[1:]))
-        return torch.cat([new, pad])  # (m+1, B, ...)
+        pad = new.new_zeros((*new.shape[:-1], order + 1 - new.shape[-1]))
+        return torch.cat([new, pad], dim=-1)  # (B, N, m+1)
 
     def _record(self, br, st: ModuleState, rows, outs, template, inputs: list[Tensor]) -> None:
         """Full step: update Taylor factors and, for RFE, s and the increments' Gram (§2-§3)."""
         if st.template is None:
             st.template, st.dtypes = template, [o.dtype for o in outs]
+            st.shapes = [tuple(o.shape[1:]) for o in outs]
         gap, nf = self._gaps(br, rows)
         old_factors = st.factors or [None] * len(outs)
         new_factors = []
@@ -336,16 +339,16 @@ class CacheEngine:
 
     def _record_relational(self, st, rows, new_factors, inputs, nf) -> None:
         """RFE at a full step: s = ||O(i)-O(j)|| / ||I(i)-I(j)|| and Gram of f_1..f_m (§3)."""
-        last = [self._rows(t, rows, 0) for t in st.last_input] if st.last_input else None
+        last = [self._rows(t, rows) for t in st.last_input] if st.last_input else None
         in_delta = self._input_change(inputs, last)  # (b,)
         fresh = nf == 0
         ratios, grams = [], []
         for j, (old, full) in enumerate(new_factors):
-            new = self._rows(full, rows)  # (m+1, b, ...)
+            new = self._rows(full, rows)  # (b, N, m+1)
             if old is None:
                 out_delta = torch.full_like(in_delta, float("nan"))
             else:
-                out_delta = rel.row_norm(new[0] - old[0])
+                out_delta = rel.row_norm(new[..., 0] - old[..., 0])
             ratio = torch.where(fresh, float("nan"), rel.relational_ratio(out_delta, in_delta))
             gram = rel.increment_gram(new)
             ratios.append(self._put(st.ratio[j] if st.ratio else None, ratio, rows))
@@ -376,8 +379,8 @@ class CacheEngine:
                 for g, s in zip(st.gram, st.ratio, strict=False)
             ]
         return [
-            taylor.combine(f, c).to(dt)
-            for f, c, dt in zip(st.factors, coeffs, st.dtypes, strict=False)
+            taylor.combine(f, c).reshape(f.shape[0], *shape).to(dt)  # (B, ...)
+            for f, c, dt, shape in zip(st.factors, coeffs, st.dtypes, st.shapes, strict=True)
         ]
 
     def _observe(self, br, name, inputs, outputs, actual) -> None:

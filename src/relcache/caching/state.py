@@ -12,12 +12,13 @@ from torch import Tensor
 class ModuleState:
     """What one module keeps between full steps (§2-§3), for one branch."""
 
-    factors: list[Tensor] | None = None  # per output: (m+1, B, ...) fp32 Taylor factors
+    factors: list[Tensor] | None = None  # per output: (B, N, m+1) fp32 Taylor factors
     last_input: list[Tensor] | None = None  # RFE: I(i) at the last full step, per input tensor
     ratio: list[Tensor] | None = None  # RFE: s per output, (B,), NaN where unusable
     gram: list[Tensor] | None = None  # RFE: <f_r, f_q> per output, (B, m, m)
     template: tuple | None = None  # output structure: container type and tensor slots
     dtypes: list[torch.dtype] = field(default_factory=list)
+    shapes: list[tuple[int, ...]] = field(default_factory=list)  # per output, without batch
 
     def tensors(self) -> list[Tensor]:
         """Every tensor held, for memory accounting."""
@@ -34,7 +35,7 @@ class BranchState:
     last_t: float | None = None
     n_full: Tensor | None = None  # (B,) full steps seen per row
     last_full: Tensor | None = None  # (B,) step index of each row's last full step
-    rcs_factors: Tensor | None = None  # (m+1, B, ...) Taylor factors of the driver input I0
+    rcs_factors: Tensor | None = None  # (B, N, m+1) Taylor factors of the driver input I0
     rcs_acc: Tensor | None = None  # (B,) accumulated relative L1 error A
     modules: dict[str, ModuleState] = field(default_factory=dict)
     full_steps: list[int] = field(default_factory=list)
