@@ -64,6 +64,7 @@ def sample_batch(
     steps: int,
     cfg_scale: float,
     guidance_channels: int | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """DDIM with batched CFG from ``noise`` (N, C, H, W); returns x_0 (N, C, H, W)."""
     dev = next(model.parameters()).device
@@ -71,7 +72,7 @@ def sample_batch(
     z = torch.cat([noise, noise]).to(dev)  # (2N, C, H, W): cond rows, then null-class rows
     fn = cfg_model_fn(model, y, cfg_scale, guidance_channels)
     with torch.no_grad():
-        x = ddim_sample(lambda x, t: fn(x, t).float(), z, ddim_schedule(steps))
+        x = ddim_sample(lambda x, t: fn(x, t).float(), z, ddim_schedule(steps), progress=progress)
     return x[: len(labels)].cpu()
 
 
@@ -95,19 +96,27 @@ def run_method(
         relcache.apply(model, config)
     try:
         starts = range(0, len(seeds), batch_size)
-        for s in tqdm(starts, desc=desc or "sampling", disable=not progress, leave=False):
+        bar = tqdm(total=len(seeds), desc=desc or "sampling", unit="img", disable=not progress)
+        for s in starts:
             n = len(seeds[s : s + batch_size])
             with Stopwatch(next(model.parameters()).device) as watch:
                 if config is not None:
                     relcache.reset(model)
                 images.append(
                     sample_batch(
-                        model, noise[s : s + n], labels[s : s + n], steps=steps, cfg_scale=cfg_scale
+                        model,
+                        noise[s : s + n],
+                        labels[s : s + n],
+                        steps=steps,
+                        cfg_scale=cfg_scale,
+                        progress=progress,
                     )
                 )
             seconds += watch.seconds
             nfc.append(_image_nfc(model, config, n, steps))
             peak = max(peak, relcache.stats(model).peak_cache_bytes if config else 0)
+            bar.update(n)
+        bar.close()
     finally:
         if config is not None:
             relcache.remove(model)
