@@ -116,15 +116,16 @@ class CacheEngine:
 
     # ----- attach / detach ------------------------------------------------------------------
     def attach(self) -> None:
-        """Wrap every target module's forward and hook the root call."""
+        """Wrap every target module's forward and hook the root call (hooks run eagerly)."""
         modules = dict(self.model.named_modules())
         for name in self.names:
             mod = modules[name]
             self._originals[name] = mod.__dict__.get("forward")
             mod.forward = self._wrapper(name, mod.forward)
+        begin, end = torch.compiler.disable(self._begin_call), torch.compiler.disable(self._end_call)
         self._handles = [
-            self.model.register_forward_pre_hook(self._begin_call, with_kwargs=True),
-            self.model.register_forward_hook(self._end_call, with_kwargs=True, always_call=True),
+            self.model.register_forward_pre_hook(begin, with_kwargs=True),
+            self.model.register_forward_hook(end, with_kwargs=True, always_call=True),
         ]
 
     def detach(self) -> None:
@@ -226,7 +227,9 @@ class CacheEngine:
                 )
             return self._route(br, name, forward, inputs, args, kwargs)
 
-        return cached_forward
+        # Under torch.compile a cached module runs eagerly (a graph break around it): the step
+        # counters it reads would otherwise be guarded and recompile the graph every step.
+        return torch.compiler.disable(cached_forward)
 
     def _init_rows(self, br: BranchState, x: Tensor) -> None:
         b, dev = x.shape[0], x.device
