@@ -122,7 +122,8 @@ class CacheEngine:
             mod = modules[name]
             self._originals[name] = mod.__dict__.get("forward")
             mod.forward = self._wrapper(name, mod.forward)
-        begin, end = torch.compiler.disable(self._begin_call), torch.compiler.disable(self._end_call)
+        begin = torch.compiler.disable(self._begin_call)
+        end = torch.compiler.disable(self._end_call)
         self._handles = [
             self.model.register_forward_pre_hook(begin, with_kwargs=True),
             self.model.register_forward_hook(end, with_kwargs=True, always_call=True),
@@ -170,18 +171,17 @@ class CacheEngine:
         elif br is not None and t is not None and br.last_t is not None and t > br.last_t:
             br = None  # the timestep went up: a new generation
         if br is None:
-            if name == "call0" or name not in self.branches:
-                self._drop_stale(name)
+            if name == "call0":  # a new trajectory of the first branch ends the others' too
+                self._drop_branches()
             br = self.branches[name] = BranchState(signature=sig)
         br.last_t = t
         self._start_step(br)
         self.active = br
 
-    def _drop_stale(self, name: str) -> None:
-        """A new trajectory on the first branch ends the old trajectories of the others."""
-        if name == "call0":
-            for key in [k for k in self.branches if k.startswith("call")]:
-                del self.branches[key]
+    def _drop_branches(self) -> None:
+        """Forget the automatic branches (call0, call1, ...), keeping named contexts."""
+        for key in [k for k in self.branches if k.startswith("call")]:
+            del self.branches[key]
 
     def _start_step(self, br: BranchState) -> None:
         br.full = self.config.is_full(br.step)
