@@ -29,6 +29,7 @@ from relcache.evaluation import analysis
 from relcache.evaluation import distributed as dist
 from relcache.evaluation.budgets import interval_for_nfc, method_costs
 from relcache.evaluation.calibrate import calibrate_threshold
+from relcache.evaluation.quality import Quality
 from relcache.evaluation.report import format_markdown, save_grid
 from relcache.evaluation.runner import Generation, sample_batch
 from relcache.flops import StepCosts, probe_config
@@ -273,33 +274,6 @@ def _warm_up(model: nn.Module, s: BenchSettings) -> None:
     c = model.config
     noise = torch.zeros(1, c.in_channels, c.input_size, c.input_size)
     sample_batch(model, noise, torch.zeros(1, dtype=torch.long), steps=3, cfg_scale=s.cfg_scale)
-
-
-class Quality:
-    """Quality against full compute (PSNR, SSIM, FD2FC) and data (FD to test set, accuracy)."""
-
-    def __init__(self, ref: Generation, labels: torch.Tensor, classifier: nn.Module | None):
-        from relcache.evaluation import metrics
-
-        self.m, self.ref, self.labels = metrics, ref, labels
-        fits = classifier is not None and tuple(ref.images.shape[1:]) == (1, 28, 28)
-        self.classifier = classifier if fits else None
-        if self.classifier is not None:
-            feats = metrics.extract_features(ref.images, self.classifier)
-            self.ref_stats = metrics.feature_statistics(feats)
-            self.test_stats = metrics.load_test_stats()
-
-    def __call__(self, images: torch.Tensor) -> dict:
-        m, row = self.m, {}
-        row["psnr"] = m.psnr(images, self.ref.images)
-        row["ssim"] = m.ssim(images, self.ref.images)
-        if self.classifier is None:  # no feature space for this image shape
-            return {**row, "fd2fc": None, "fd": None, "class_accuracy": None}
-        stats = m.feature_statistics(m.extract_features(images, self.classifier))
-        row["fd2fc"] = m.frechet_distance(*stats, *self.ref_stats)
-        row["fd"] = m.frechet_distance(*stats, *self.test_stats)
-        row["class_accuracy"] = m.class_accuracy(images, self.labels, self.classifier)
-        return row
 
 
 # --- the bench ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from torch import nn
 from relcache.caching.methods import FORA, RFC, TaylorSeer
 from relcache.evaluation.budgets import interval_for_nfc, method_costs
 from relcache.evaluation.calibrate import calibrate_threshold
+from relcache.evaluation.quality import Quality
 from relcache.evaluation.runner import Generation, run_method
 
 
@@ -85,19 +86,6 @@ def calibrated_rfc(
     return make(tau), gen
 
 
-def quality_row(gen: Generation, ref: Generation, labels: torch.Tensor, classifier) -> dict:
-    """PSNR/SSIM/FD2FC against full compute, FD to the test set, class accuracy."""
-    from relcache.evaluation import metrics
-
-    return {
-        "psnr": metrics.psnr(gen.images, ref.images),
-        "ssim": metrics.ssim(gen.images, ref.images),
-        "fd2fc": metrics.fd_to_reference(gen.images, ref.images, classifier),
-        "fd": metrics.fd_to_test_set(gen.images, classifier),
-        "class_accuracy": metrics.class_accuracy(gen.images, labels, classifier),
-    }
-
-
 def run_demo(model: nn.Module, classifier: nn.Module, s: DemoSettings) -> list[dict]:
     """Run every method at every budget; write table.json and grid.png into ``s.out``."""
     seeds = [s.seed + i for i in range(s.samples)]
@@ -105,67 +93,33 @@ def run_demo(model: nn.Module, classifier: nn.Module, s: DemoSettings) -> list[d
     kw = dict(steps=s.steps, cfg_scale=s.cfg_scale, batch_size=s.batch_size, progress=s.progress)
     ref = run_method(model, None, seeds, labels, desc="full compute", **kw)
     full_costs = method_costs(model, None)
-    rows, grid = [], [("full", ref)]
-    rows.append(
-        _row(
-            "full", "full compute", s.steps, ref, ref, full_costs, full_costs, s, labels, classifier
-        )
-    )
+    quality = Quality(ref, labels, classifier)
+    full_tflops = full_costs.total(s.steps, s.steps) / 1e12
+
+    def row(method: str, label: str, target: float, gen: Generation, config) -> dict:
+        nfc = float(gen.nfc_per_image.mean())
+        tflops = method_costs(model, config).total(s.steps, nfc) / 1e12 if config else full_tflops
+        return {
+            "method": method, "label": label, "target_nfc": target, "nfc": nfc,
+            "tflops": tflops, "seconds": gen.seconds, "flops_speedup": full_tflops / tflops,
+            "wall_speedup": ref.seconds / gen.seconds,
+            "peak_cache_mb": gen.peak_cache_bytes / 2**20, **quality(gen.images),
+        }  # fmt: skip
+
+    rows, grid = [row("full", "full compute", s.steps, ref, None)], [("full", ref)]
     for budget in s.budgets:
         n = interval_for_nfc(budget, s.steps)
         for config in (FORA(interval=n), TaylorSeer(interval=n, order=2)):
             gen = run_method(model, config, seeds, labels, desc=config.describe(), **kw)
-            costs = method_costs(model, config)
-            rows.append(
-                _row(
-                    config.name,
-                    config.describe(),
-                    len(config.schedule(s.steps)),
-                    gen,
-                    ref,
-                    costs,
-                    full_costs,
-                    s,
-                    labels,
-                    classifier,
-                )
-            )
-            grid.append((f"{config.describe()}", gen))
+            target = len(config.schedule(s.steps))
+            rows.append(row(config.name, config.describe(), target, gen, config))
+            grid.append((config.describe(), gen))
         config, gen = calibrated_rfc(model, budget, s, seeds, labels)
-        row = _row(
-            "rfc",
-            f"RFC m=2 tau={config.threshold:.3g}",
-            budget,
-            gen,
-            ref,
-            method_costs(model, config),
-            full_costs,
-            s,
-            labels,
-            classifier,
-        )
-        rows.append({**row, "threshold": config.threshold})
-        grid.append((f"RFC m=2 NFC {row['nfc']:.1f}", gen))
+        label = f"RFC m=2 tau={config.threshold:.3g}"
+        rows.append({**row("rfc", label, budget, gen, config), "threshold": config.threshold})
+        grid.append((f"RFC m=2 NFC {rows[-1]['nfc']:.1f}", gen))
     _write_outputs(s.out, rows, grid)
     return rows
-
-
-def _row(method, label, target, gen, ref, costs, full_costs, s, labels, classifier) -> dict:
-    nfc = float(gen.nfc_per_image.mean())
-    tflops = costs.total(s.steps, nfc) / 1e12
-    full_tflops = full_costs.total(s.steps, s.steps) / 1e12
-    row = {
-        "method": method,
-        "label": label,
-        "target_nfc": target,
-        "nfc": nfc,
-        "tflops": tflops,
-        "seconds": gen.seconds,
-        "flops_speedup": full_tflops / tflops,
-        "wall_speedup": ref.seconds / gen.seconds,
-        "peak_cache_mb": gen.peak_cache_bytes / 2**20,
-    }
-    return {**row, **quality_row(gen, ref, labels, classifier)}
 
 
 def _write_outputs(out: Path, rows: list[dict], grid: list[tuple[str, Generation]]) -> None:
