@@ -204,3 +204,20 @@ def test_reference_dit_samples_identical_without_caching_and_after_remove() -> N
     assert relcache.stats(dit).nfc < 10 and not torch.equal(cached, ref)
     relcache.remove(dit)
     assert torch.equal(generate(dit, [1, 2, 3], **kw), ref)
+
+
+def test_calls_that_skip_every_cached_module_give_a_clear_error() -> None:
+    class Skipper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mods = nn.ModuleList([nn.Identity()])
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return x  # never calls mods.0
+
+    model = Skipper()
+    relcache.apply(model, relcache.TaylorSeer(interval=4), patterns=[r"mods\.0"])
+    xs = _inputs(3)
+    model(xs[0], torch.full((3,), 3.0))
+    with pytest.raises(RuntimeError, match="no cached module ran"):
+        model(xs[1], torch.full((3,), 2.0))

@@ -185,6 +185,11 @@ class CacheEngine:
 
     def _start_step(self, br: BranchState) -> None:
         br.full = self.config.is_full(br.step)
+        if br.step > 0 and br.last_full is None:
+            raise RuntimeError(
+                f"no cached module ran during the first {br.step} call(s) of this trajectory; "
+                "relcache needs the matched modules to run at every step (check patterns=)"
+            )
         if br.step > 0 and br.full is not True:
             k = br.step - br.last_full  # (B,)
             br.coeff = taylor.taylor_coefficients(k, br.n_full, self.config.order)
