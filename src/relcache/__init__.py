@@ -4,7 +4,7 @@ import relcache
 relcache.apply(model_or_pipeline, relcache.RFC(order=2, threshold=0.5))
 """
 
-from relcache.api import apply, cache_context, is_applied, observe, remove, reset, stats
+from relcache.api import apply, cache_context, cached, is_applied, observe, remove, reset, stats
 from relcache.caching.engine import CacheStats
 from relcache.caching.methods import FORA, METHODS, RFC, CacheMethod, TaylorSeer
 
@@ -19,6 +19,7 @@ __all__ = [
     "TaylorSeer",
     "apply",
     "cache_context",
+    "cached",
     "is_applied",
     "observe",
     "remove",

@@ -84,6 +84,25 @@ def remove(target: Any) -> Any:
     return target
 
 
+@contextlib.contextmanager
+def cached(
+    target: Any,
+    config: CacheMethod | None,
+    *,
+    patterns: str | list[str] | tuple[str, ...] | None = None,
+    driver: str | None = None,
+) -> Iterator[Any]:
+    """``with relcache.cached(model, cfg):`` apply for the block, remove after (None: no caching)."""
+    if config is None:
+        yield target
+        return
+    apply(target, config, patterns=patterns, driver=driver)
+    try:
+        yield target
+    finally:
+        remove(target)
+
+
 def _engine(target: Any) -> CacheEngine:
     engine = getattr(resolve_model(target), _ENGINE_ATTR, None)
     if engine is None:
