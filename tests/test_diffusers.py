@@ -431,7 +431,8 @@ def test_taylorseer_nfc_is_the_official_schedule(name: str) -> None:
     n_full, n_cached = len(schedule) * len(branches), (STEPS - len(schedule)) * len(branches)
     assert all(c == {"full": n_full, "cached": n_cached} for c in stats.module_calls.values())
     engine = pipe.transformer._relcache_engine
-    assert sum(len(st.factors) for st in engine.branches["call0"].modules.values()) == features
+    predictor = engine.branches["call0"].predictor
+    assert sum(len(st.factors) for st in predictor.modules.values()) == features
     assert all(torch.isfinite(o).all() for o in outs)
     # cached steps run only the blocks' modulation; attention / MLP / fused linears stay idle
     for n in linears:

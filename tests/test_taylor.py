@@ -33,7 +33,7 @@ def test_engine_factors_match_hand_values() -> None:
     model = Chain(torch.nn.Identity())
     relcache.apply(model, relcache.TaylorSeer(full_steps=[0, 1, 5, 9]), patterns=[r"mods\.0"])
     outs = run_trajectory(model, _signal_inputs([float(i * i) for i in range(12)]))
-    state = _engine(model).branches["call0"].modules["mods.0"]
+    state = _engine(model).branches["call0"].predictor.modules["mods.0"]
     assert state.factors[0][0, 0].tolist() == [81.0, 14.0, 2.0]  # (B, N, m+1)
     assert outs[10][0, 0, 0].item() == 81 + 14 + 1  # k = 1
     assert outs[11][0, 0, 0].item() == 113
@@ -67,7 +67,7 @@ def test_order_grows_by_one_per_full_step() -> None:
     assert outs[3] == 8 + (8 - 0) / 2 * 1  # f0, f1
     f1, f1_old = (64 - 8) / 2, (8 - 0) / 2
     assert outs[5] == 64 + f1 + (f1 - f1_old) / 2 / 2  # f0, f1, f2
-    assert _engine(model).branches["call0"].modules["mods.0"].factors[0].shape[-1] == 4
+    assert _engine(model).branches["call0"].predictor.modules["mods.0"].factors[0].shape[-1] == 4
 
 
 def test_fora_reuses_last_full_output() -> None:

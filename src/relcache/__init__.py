@@ -2,11 +2,24 @@
 
 import relcache
 relcache.apply(model_or_pipeline, relcache.RFC(order=2, threshold=0.5))
+
+Packages: ``caching`` (the math, schedulers, predictors, methods and their registry, the engine,
+FLOPs accounting), ``adapters`` (which modules each model family caches), ``models`` (the
+reference DiT), ``sampling`` (DDIM, CFG), ``shipped`` (the models that ship with the package, their
+training and loading), ``evaluation`` (the demo and bench harness), ``commands`` (the CLI).
 """
 
 from relcache.api import apply, cache_context, cached, is_applied, observe, remove, reset, stats
 from relcache.caching.engine import CacheStats
-from relcache.caching.methods import FORA, METHODS, RFC, CacheMethod, TaylorSeer
+from relcache.caching.methods import (
+    FORA,
+    METHODS,
+    RFC,
+    CacheMethod,
+    TaylorSeer,
+    build_method,
+    register_method,
+)
 
 __version__ = "0.1.0"
 
@@ -18,10 +31,12 @@ __all__ = [
     "CacheStats",
     "TaylorSeer",
     "apply",
+    "build_method",
     "cache_context",
     "cached",
     "is_applied",
     "observe",
+    "register_method",
     "remove",
     "reset",
     "stats",

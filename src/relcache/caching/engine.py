@@ -1,6 +1,7 @@
-"""The caching engine: wraps selected modules of any nn.Module and routes each call to
-"run and record" (full step) or "predict" (cached step). The math lives in taylor.py and
-relational.py; the per-branch, per-module state in state.py.
+"""The caching engine: routing only. It wraps the selected modules of any nn.Module, tells
+branches and steps apart, asks the method's scheduler once per step which rows run fully, and
+sends each module call to the method's predictor (record at full steps, predict at cached ones).
+What to decide and how to predict live in schedulers.py and predictors.py (RFC_SPEC §2-§3).
 """
 
 from __future__ import annotations
@@ -9,16 +10,14 @@ import contextlib
 import re
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from relcache.caching import relational as rel
-from relcache.caching import taylor
 from relcache.caching.methods import CacheMethod
-from relcache.caching.state import BranchState, ModuleState
+from relcache.caching.state import BranchState
 from relcache.caching.structure import (
     as_tensors,
     default_timestep,
@@ -63,7 +62,6 @@ class CacheStats:
     module_calls: dict[str, dict[str, int]]
     peak_cache_bytes: int
     method: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def match_modules(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
@@ -160,7 +158,9 @@ class CacheEngine:
         br = self.branches.get(name)
         sig = signature(args, kwargs)
         if br is not None and br.signature != sig:
-            if br.step > 0 and not (t is not None and br.last_t is not None and t > br.last_t):
+            if br.history.step > 0 and not (
+                t is not None and br.last_t is not None and t > br.last_t
+            ):
                 warnings.warn(
                     f"relcache: input shapes changed mid-trajectory in branch {name!r} "
                     f"({br.signature} -> {sig}); starting a new trajectory. Call "
@@ -173,10 +173,14 @@ class CacheEngine:
         if br is None:
             if name == "call0":  # a new trajectory of the first branch ends the others' too
                 self._drop_branches()
-            br = self.branches[name] = BranchState(signature=sig)
+            br = self.branches[name] = self._new_branch(sig)
         br.last_t = t
         self._start_step(br)
         self.active = br
+
+    def _new_branch(self, sig: tuple) -> BranchState:
+        """A fresh trajectory: the method's scheduler and predictor, made for this branch."""
+        return BranchState(self.config.scheduler(), self.config.predictor(), signature=sig)
 
     def _drop_branches(self) -> None:
         """Forget the automatic branches (call0, call1, ...), keeping named contexts."""
@@ -184,35 +188,23 @@ class CacheEngine:
             del self.branches[key]
 
     def _start_step(self, br: BranchState) -> None:
-        br.full = self.config.is_full(br.step)
-        if br.step > 0 and br.last_full is None:
+        if br.history.step > 0 and not br.history.started:
             raise RuntimeError(
-                f"no cached module ran during the first {br.step} call(s) of this trajectory; "
-                "relcache needs the matched modules to run at every step (check patterns=)"
+                f"no cached module ran during the first {br.history.step} call(s) of this "
+                "trajectory; relcache needs the matched modules to run at every step (check "
+                "patterns=)"
             )
-        if br.step > 0 and br.full is not True:
-            k = br.step - br.last_full  # (B,)
-            br.coeff = taylor.taylor_coefficients(k, br.n_full, self.config.order)
+        br.decision = br.scheduler.begin(br.history)
 
     def _end_call(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
         br, self.active = self.active, None
         if br is None:
             return
-        if br.n_full is not None and br.full is not False:
-            rows = None if br.full is True else br.full
-            self._commit_full(br, rows)
-        br.step += 1
-
-    def _commit_full(self, br: BranchState, rows: Tensor | None) -> None:
-        """After all modules ran: advance the per-row full-step counters."""
-        if rows is None:
-            br.n_full = br.n_full + 1
-            br.last_full = torch.full_like(br.last_full, br.step)
-        else:
-            br.n_full = br.n_full.index_add(0, rows, torch.ones_like(rows))
-            br.last_full = br.last_full.index_fill(0, rows, br.step)
-        br.full_steps.append(br.step)
-        self.peak_bytes = max(self.peak_bytes, sum(b.nbytes() for b in self.branches.values()))
+        decision = br.decision
+        any_full = decision is not None and decision.any_full
+        br.history.advance(None if decision is None else decision.rows, any_full)
+        if any_full and br.history.started:
+            self.peak_bytes = max(self.peak_bytes, sum(b.nbytes() for b in self.branches.values()))
 
     # ----- module routing -------------------------------------------------------------------
     def _wrapper(self, name: str, forward: Callable) -> Callable:
@@ -221,11 +213,11 @@ class CacheEngine:
             if br is None:
                 return forward(*args, **kwargs)
             inputs = as_tensors(self.targets.inputs(name, args, kwargs))
-            if br.n_full is None:
-                self._init_rows(br, inputs[0])
-            if name == self.driver:
-                self._decide(br, inputs)
-            elif br.full is None:
+            if not br.history.started:
+                br.history.start_rows(inputs[0].shape[0], inputs[0].device)
+            if name == self.driver and br.scheduler.uses_driver:
+                br.decision = br.scheduler.at_driver(br.history, br.decision, inputs)
+            elif br.decision is None:
                 raise RuntimeError(
                     f"RCS needs its driver {self.driver!r} to run before {name!r} in each step; "
                     "pass driver= the first cached module called by the model"
@@ -236,170 +228,78 @@ class CacheEngine:
         # counters it reads would otherwise be guarded and recompile the graph every step.
         return torch.compiler.disable(cached_forward)
 
-    def _init_rows(self, br: BranchState, x: Tensor) -> None:
-        b, dev = x.shape[0], x.device
-        br.n_full = torch.zeros(b, dtype=torch.long, device=dev)
-        br.last_full = torch.zeros(b, dtype=torch.long, device=dev)
-        if self.config.threshold is not None:
-            br.rcs_acc = torch.zeros(b, dtype=torch.float32, device=dev)
-
-    def _route(self, br, name, forward, inputs, args, kwargs) -> Any:
-        st = br.modules.setdefault(name, ModuleState())
-        if br.full is True:
+    def _route(
+        self,
+        br: BranchState,
+        name: str,
+        forward: Callable,
+        inputs: list[Tensor],
+        args: tuple,
+        kwargs: dict,
+    ) -> Any:
+        """Full step: run and record; cached: predict; some rows full: both, merged."""
+        decision = br.decision
+        if decision.all_full:
             out = forward(*args, **kwargs)
-            self._record(br, st, None, *flatten_output(out), inputs)
+            outs, br.templates[name] = flatten_output(out)
+            br.predictor.record(name, br.history, None, outs, inputs)
             br.full_calls[name] = br.full_calls.get(name, 0) + 1
             if self.observer is not None:
-                self._observe(br, name, inputs, flatten_output(out)[0], None)
+                self._observe(br, name, inputs, outs, None)
             return out
-        if st.factors is None:
+        if not br.predictor.ready(name):
             raise RuntimeError(
-                f"module {name!r} has no cached value at step {br.step}: it was not called at "
-                "the previous full steps; cache only modules that run at every step"
+                f"module {name!r} has no cached value at step {br.history.step}: it was not "
+                "called at the previous full steps; cache only modules that run at every step"
             )
-        pred = self._predict(br, st, inputs)
+        pred = br.predictor.predict(name, br.history, inputs)
         br.cached_calls[name] = br.cached_calls.get(name, 0) + 1
-        if br.full is False:
+        if decision.rows is None:
             if self.observer is not None:
                 actual = flatten_output(forward(*args, **kwargs))[0] if self.shadow else None
                 self._observe(br, name, inputs, pred, actual)
-            return rebuild_output(pred, st.template)
-        return self._partial(br, st, name, forward, pred, inputs, args, kwargs)
+            return rebuild_output(pred, br.templates[name])
+        return self._partial(br, name, forward, pred, inputs, args, kwargs)
 
-    def _partial(self, br, st, name, forward, pred, inputs, args, kwargs) -> Any:
+    def _partial(
+        self,
+        br: BranchState,
+        name: str,
+        forward: Callable,
+        pred: list[Tensor],
+        inputs: list[Tensor],
+        args: tuple,
+        kwargs: dict,
+    ) -> Any:
         """Some rows are full: run them (alone if slicing is allowed) and merge."""
-        rows, batch = br.full, inputs[0].shape[0]
+        rows, batch = br.decision.rows, inputs[0].shape[0]
         if self.targets.slice_batch:
             sub_args, sub_kwargs = take_rows(args, rows, batch), take_rows(kwargs, rows, batch)
-            outs, template = flatten_output(forward(*sub_args, **sub_kwargs))
+            outs, _ = flatten_output(forward(*sub_args, **sub_kwargs))
         else:
-            outs, template = flatten_output(forward(*args, **kwargs))
+            outs, _ = flatten_output(forward(*args, **kwargs))
             outs = [o.index_select(0, rows) for o in outs]
         sub_inputs = [x.index_select(0, rows) for x in inputs]
-        self._record(br, st, rows, outs, template, sub_inputs)
+        br.predictor.record(name, br.history, rows, outs, sub_inputs)
         merged = [p.index_copy(0, rows, o.to(p.dtype)) for p, o in zip(pred, outs, strict=False)]
-        return rebuild_output(merged, st.template)
+        return rebuild_output(merged, br.templates[name])
 
-    # ----- decision (RCS) -------------------------------------------------------------------
-    def _decide(self, br: BranchState, inputs: list[Tensor]) -> None:
-        """RCS (§3): accumulate the driver input's relative L1 error; cross tau -> full step."""
-        if self.config.threshold is None:
-            return
-        x = inputs[0]  # (B, ...)
-        if br.full is None:
-            predicted = taylor.combine(br.rcs_factors, br.coeff)  # (B, N)
-            error = rel.relative_l1_error(x.reshape(x.shape[0], -1), predicted)  # (B,)
-            br.rcs_acc = br.rcs_acc + error
-            mask = br.rcs_acc > self.config.threshold  # (B,)
-            br.rcs_acc = torch.where(mask, 0.0, br.rcs_acc)
-            n = int(mask.sum())  # the one host sync RCS needs per step
-            br.full = True if n == x.shape[0] else False if n == 0 else mask.nonzero()[:, 0]
-        if br.full is not False:
-            rows = None if br.full is True else br.full
-            gap, nf = self._gaps(br, rows)
-            old = self._rows(br.rcs_factors, rows)
-            new = taylor.update_factors(old, self._rows(x, rows), gap, nf)
-            br.rcs_factors = self._store(br.rcs_factors, new, rows, self.config.order)
-
-    # ----- record / predict -----------------------------------------------------------------
-    def _gaps(self, br: BranchState, rows: Tensor | None) -> tuple[Tensor, Tensor]:
-        gap = (br.step - br.last_full).clamp_min(1)  # (B,) d = i - j
-        if rows is None:
-            return gap, br.n_full
-        return gap.index_select(0, rows), br.n_full.index_select(0, rows)
-
-    @staticmethod
-    def _rows(t: Tensor | None, rows: Tensor | None) -> Tensor | None:
-        """The given batch rows of a per-row tensor (B, ...); all rows when ``rows`` is None."""
-        if t is None or rows is None:
-            return t
-        return t.index_select(0, rows)
-
-    @staticmethod
-    def _store(full: Tensor | None, new: Tensor, rows: Tensor | None, order: int) -> Tensor:
-        """Write updated rows back; orders grow from 1 to m+1 factors as full steps arrive."""
-        if full is None or rows is None:
-            return CacheEngine._pad_orders(new, order)
-        return full.index_copy(0, rows, CacheEngine._pad_orders(new, order))
-
-    @staticmethod
-    def _pad_orders(new: Tensor, order: int) -> Tensor:
-        if new.shape[-1] == order + 1:
-            return new
-        pad = new.new_zeros((*new.shape[:-1], order + 1 - new.shape[-1]))
-        return torch.cat([new, pad], dim=-1)  # (B, N, m+1)
-
-    def _record(self, br, st: ModuleState, rows, outs, template, inputs: list[Tensor]) -> None:
-        """Full step: update Taylor factors and, for RFE, s and the increments' Gram (§2-§3)."""
-        if st.template is None:
-            st.template, st.dtypes = template, [o.dtype for o in outs]
-            st.shapes = [tuple(o.shape[1:]) for o in outs]
-        gap, nf = self._gaps(br, rows)
-        old_factors = st.factors or [None] * len(outs)
-        new_factors = []
-        for o, old_all in zip(outs, old_factors, strict=False):
-            old = self._rows(old_all, rows)
-            new = taylor.update_factors(old, o, gap, nf)
-            new_factors.append((old, self._store(old_all, new, rows, self.config.order)))
-        if self.config.relational:
-            self._record_relational(st, rows, new_factors, inputs, nf)
-        st.factors = [f for _, f in new_factors]
-
-    def _record_relational(self, st, rows, new_factors, inputs, nf) -> None:
-        """RFE at a full step: s = ||O(i)-O(j)|| / ||I(i)-I(j)|| and Gram of f_1..f_m (§3)."""
-        last = [self._rows(t, rows) for t in st.last_input] if st.last_input else None
-        in_delta = self._input_change(inputs, last)  # (b,)
-        fresh = nf == 0
-        ratios, grams = [], []
-        for j, (old, full) in enumerate(new_factors):
-            new = self._rows(full, rows)  # (b, N, m+1)
-            if old is None:
-                out_delta = torch.full_like(in_delta, float("nan"))
-            else:
-                out_delta = rel.row_norm(new[..., 0] - old[..., 0])
-            ratio = torch.where(fresh, float("nan"), rel.relational_ratio(out_delta, in_delta))
-            gram = rel.increment_gram(new)
-            ratios.append(self._put(st.ratio[j] if st.ratio else None, ratio, rows))
-            grams.append(self._put(st.gram[j] if st.gram else None, gram, rows))
-        st.ratio, st.gram = ratios, grams
-        olds = st.last_input or [None] * len(inputs)
-        st.last_input = [self._put(o, x.detach(), rows) for o, x in zip(olds, inputs, strict=False)]
-
-    @staticmethod
-    def _put(full: Tensor | None, part: Tensor, rows: Tensor | None) -> Tensor:
-        return part if full is None or rows is None else full.index_copy(0, rows, part)
-
-    @staticmethod
-    def _input_change(inputs: list[Tensor], last: list[Tensor] | None) -> Tensor:
-        """||I - I(i)||_2 per row over all input tensors together. (B,)"""
-        if last is None:
-            return torch.zeros(inputs[0].shape[0], device=inputs[0].device)
-        sq = sum(rel.row_norm(taylor.accum(x) - y) ** 2 for x, y in zip(inputs, last, strict=False))
-        return sq.sqrt()
-
-    def _predict(self, br: BranchState, st: ModuleState, inputs: list[Tensor]) -> list[Tensor]:
-        """Cached step: Taylor sum, or RFE's rescaled increment, for every output tensor."""
-        coeffs = [br.coeff] * len(st.factors)
-        if self.config.relational:
-            change = self._input_change(inputs, st.last_input)  # (B,)
-            coeffs = [
-                rel.rfe_coefficients(br.coeff, g, s, change)
-                for g, s in zip(st.gram, st.ratio, strict=False)
-            ]
-        return [
-            taylor.combine(f, c).reshape(f.shape[0], *shape).to(dt)  # (B, ...)
-            for f, c, dt, shape in zip(st.factors, coeffs, st.dtypes, st.shapes, strict=True)
-        ]
-
-    def _observe(self, br, name, inputs, outputs, actual) -> None:
+    def _observe(
+        self,
+        br: BranchState,
+        name: str,
+        inputs: list[Tensor],
+        outputs: list[Tensor],
+        actual: list[Tensor] | None,
+    ) -> None:
         """Report one module call to the analysis observer (full: actual is None)."""
         branch = next(k for k, v in self.branches.items() if v is br)
         self.observer(
             {
                 "name": name,
-                "step": br.step,
+                "step": br.history.step,
                 "branch": branch,
-                "full": actual is None and br.full is True,
+                "full": actual is None and br.decision.all_full,
                 "inputs": inputs,
                 "outputs": outputs,
                 "actual": actual,
@@ -410,7 +310,7 @@ class CacheEngine:
     def stats(self) -> CacheStats:
         """NFC (mean over rows and branches), full steps, per-module calls, peak cache bytes."""
         per_sample = {
-            k: (b.n_full.float().tolist() if b.n_full is not None else [])
+            k: (b.history.n_full.float().tolist() if b.history.started else [])
             for k, b in self.branches.items()
         }
         flat = [v for vs in per_sample.values() for v in vs]
@@ -423,8 +323,8 @@ class CacheEngine:
         return CacheStats(
             nfc=sum(flat) / len(flat) if flat else 0.0,
             nfc_per_sample=per_sample,
-            full_steps={k: list(b.full_steps) for k, b in self.branches.items()},
-            steps={k: b.step for k, b in self.branches.items()},
+            full_steps={k: list(b.history.full_steps) for k, b in self.branches.items()},
+            steps={k: b.history.step for k, b in self.branches.items()},
             module_calls=calls,
             peak_cache_bytes=self.peak_bytes,
             method=self.config.describe(),

@@ -50,3 +50,28 @@ def taylor_coefficients(k: Tensor, n_full: Tensor, order: int) -> Tensor:
 def combine(factors: Tensor, coeff: Tensor) -> Tensor:
     """sum_r coeff[b, r] * factors[b, :, r]: one pass, (B, N, m+1), (B, m+1) -> (B, N)."""
     return torch.bmm(factors, coeff.to(factors.dtype)[:, :, None])[..., 0]  # (B, N)
+
+
+def select_rows(t: Tensor | None, rows: Tensor | None) -> Tensor | None:
+    """The given batch rows of a per-row tensor (B, ...); all rows when ``rows`` is None."""
+    if t is None or rows is None:
+        return t
+    return t.index_select(0, rows)
+
+
+def put_rows(full: Tensor | None, part: Tensor, rows: Tensor | None) -> Tensor:
+    """Write ``part`` into the given rows of ``full``; ``part`` itself for all rows."""
+    return part if full is None or rows is None else full.index_copy(0, rows, part)
+
+
+def pad_orders(new: Tensor, order: int) -> Tensor:
+    """Orders grow from 1 to m+1 factors as full steps arrive: zero-pad to m+1. (B, N, m+1)"""
+    if new.shape[-1] == order + 1:
+        return new
+    pad = new.new_zeros((*new.shape[:-1], order + 1 - new.shape[-1]))
+    return torch.cat([new, pad], dim=-1)  # (B, N, m+1)
+
+
+def store_rows(full: Tensor | None, new: Tensor, rows: Tensor | None, order: int) -> Tensor:
+    """Write updated factors (n, N, <=m+1) back into the given rows of ``full`` (B, N, m+1)."""
+    return put_rows(full, pad_orders(new, order), rows)

@@ -28,30 +28,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=None, help="latent size (64 for 512px)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--batch", type=int, default=2, help="rows per forward (2 = one CFG image)")
-    p.add_argument(
-        "--nfc",
-        type=float,
-        default=None,
-        help="budget for RCS methods, whose schedule depends on the data",
-    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_method_args(p)
+    add_method_args(p, default="taylorseer")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Count and print."""
-    from relcache.flops import dit_flops
+    from relcache.caching.flops import dit_flops
+    from relcache.caching.methods import parse_method
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    # RCS needs a threshold only to be a valid config; the count uses --nfc
-    config = method_from_args(args, threshold_default=1.0)
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}; 2 is one image with CFG")
+    if args.method != "none" and parse_method(args.method)[0].adaptive and args.threshold is None:
+        args.threshold = 1.0  # a step's FLOPs do not depend on tau; --nfc sets the count
+    config = method_from_args(args, args.steps)
+    nfc = args.nfc if config is not None and config.adaptive else None
     report = dit_flops(
         args.model,
         config,
         steps=args.steps,
-        nfc=args.nfc,
+        nfc=nfc,
         batch=args.batch,
         input_size=args.input_size,
     )

@@ -6,8 +6,9 @@ r"""``relcache generate``: one diffusers pipeline call with a caching method, im
         --method taylorseer --nfc 14
 
 The model is a hub id already in the local Hugging Face cache or a folder written by
-``save_pretrained``. ``--nfc`` picks the fixed-schedule interval for fora/taylorseer; RFC's
-adaptive schedule needs ``--threshold`` (calibrating it to an NFC re-runs the pipeline many times).
+``save_pretrained``. Methods and their flags come from the method registry (``relcache.METHODS``).
+``--nfc`` picks the fixed-schedule interval with the closest NFC (fora, taylorseer, rfe); RCS
+methods (rfc, rcs) decide from the data and need ``--threshold``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 
 import relcache
-from relcache.caching.methods import METHODS, CacheMethod, fixed_schedule
+from relcache.caching.methods import CacheMethod
+from relcache.commands.common import add_method_args, method_from_args
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -41,12 +43,6 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--class-label", nargs="+", help="ImageNet class ids or names (class-conditional DiT)"
     )
-    p.add_argument("--method", choices=("none", *METHODS), default="rfc")
-    p.add_argument("--nfc", type=int, help="full-step budget: picks --interval (fora/taylorseer)")
-    p.add_argument("--interval", type=int, help="fixed schedule interval N (fora/taylorseer)")
-    p.add_argument("--order", type=int, default=2, help="Taylor order m (taylorseer/rfc)")
-    p.add_argument("--warmup", type=int, default=2, help="first full steps W (2 DiT, 3 FLUX)")
-    p.add_argument("--threshold", type=float, help="RCS threshold tau (rfc)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="relcache_out", help="folder for images and stats.json")
@@ -55,43 +51,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--guidance-scale", type=float)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    add_method_args(p, default="taylorseer")
     p.set_defaults(func=run)
-
-
-def interval_for_nfc(nfc: int, steps: int, warmup: int) -> int:
-    """The smallest interval N whose official schedule has at most ``nfc`` full steps."""
-    if nfc < warmup:
-        raise ValueError(f"--nfc {nfc} is below the {warmup} warmup steps; raise it or --warmup")
-    for n in range(1, steps + 1):
-        if len(fixed_schedule(steps, n, warmup)) <= nfc:
-            return n
-    return steps
 
 
 def build_method(args: argparse.Namespace) -> CacheMethod | None:
     """The caching config the arguments ask for (None for ``--method none``)."""
-    if args.method == "none":
-        given = [f for f in ("nfc", "interval", "threshold") if getattr(args, f) is not None]
-        if given:
-            raise ValueError(f"--method none runs every step; drop --{', --'.join(given)}")
-        return None
-    if args.method == "rfc":
-        if args.threshold is None:
-            raise ValueError(
-                "--method rfc schedules full steps by error and needs --threshold (e.g. 0.5); "
-                "for a fixed full-step budget use --method taylorseer --nfc N"
-            )
-        return relcache.RFC(order=args.order, threshold=args.threshold, warmup=args.warmup)
-    if args.threshold is not None:
-        raise ValueError(f"--threshold is only used by --method rfc, not {args.method}")
-    if args.nfc is not None and args.interval is not None:
-        raise ValueError("pass either --nfc or --interval, not both")
-    interval = args.interval
-    if interval is None:
-        interval = interval_for_nfc(args.nfc, args.steps, args.warmup) if args.nfc else 4
-    if args.method == "fora":
-        return relcache.FORA(interval=interval, warmup=args.warmup)
-    return relcache.TaylorSeer(interval=interval, order=args.order, warmup=args.warmup)
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    config = method_from_args(args, args.steps)
+    if config is not None and config.adaptive and args.nfc is not None:
+        raise ValueError(
+            f"--method {args.method} decides its full steps from the data and takes --threshold, "
+            "not --nfc; for a fixed full-step budget use --method taylorseer --nfc N"
+        )
+    return config
 
 
 def pipeline_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:

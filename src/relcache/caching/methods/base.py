@@ -1,19 +1,16 @@
-"""What every caching method declares: its schedule and how cached outputs are predicted."""
+"""What every caching method is: a frozen, validated config that makes, per branch, a scheduler
+(which steps run fully) and a predictor (what cached steps return)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from relcache.caching.predictors import Predictor
+from relcache.caching.schedulers import ExplicitSchedule, FixedSchedule, Scheduler
 
-def fixed_schedule_is_full(step: int, interval: int, warmup: int) -> bool:
-    """Official TaylorSeer/FORA schedule (§2): full if i < W or (i - (W-1)) mod N == 0."""
-    return step < warmup or (step - (warmup - 1)) % interval == 0
-
-
-def fixed_schedule(steps: int, interval: int, warmup: int) -> list[int]:
-    """All full steps of the fixed schedule over ``steps`` steps; NFC = its length."""
-    return [i for i in range(steps) if fixed_schedule_is_full(i, interval, warmup)]
+MAX_ORDER = 20  # k^r / r! must fit the integer arithmetic of the coefficients
 
 
 def check_positive_int(name: str, value: object, hint: str) -> None:
@@ -22,18 +19,39 @@ def check_positive_int(name: str, value: object, hint: str) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}; {hint}")
 
 
+def check_order(order: object, minimum: int = 0) -> None:
+    """The Taylor order m must be an integer >= ``minimum``."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < minimum:
+        raise ValueError(
+            f"order must be an integer >= {minimum}, got {order!r}; the paper uses 2 for DiT "
+            "and FLUX, 1 for HunyuanVideo"
+        )
+    if order > MAX_ORDER:
+        raise ValueError(
+            f"order must be <= {MAX_ORDER}, got {order}: r! overflows the coefficients beyond "
+            "that (and orders above 3 only amplify noise); use 1 or 2"
+        )
+
+
 def check_full_steps(full_steps: tuple[int, ...] | None) -> None:
     """An explicit schedule must be sorted, unique, non-negative and start at step 0."""
     if full_steps is None:
         return
     steps = list(full_steps)
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in steps):
+        raise ValueError(f"full_steps must hold integers, got {steps!r}")
     if not steps or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError(
             f"full_steps must be a strictly increasing list of step indices starting at 0 "
             f"(step 0 has nothing cached yet), got {steps!r}"
         )
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in steps):
-        raise ValueError(f"full_steps must hold integers, got {steps!r}")
+
+
+def fixed_or_explicit(interval: int | None, warmup: int, full_steps: tuple[int, ...] | None):
+    """The scheduler of a non-adaptive method: the explicit list if given, else TaylorSeer's."""
+    if full_steps is not None:
+        return ExplicitSchedule(full_steps)
+    return FixedSchedule(interval, warmup)
 
 
 @dataclass(frozen=True)
@@ -41,33 +59,54 @@ class CacheMethod:
     """Base config: subclasses are frozen dataclasses validated in ``__post_init__``."""
 
     name: ClassVar[str] = "base"
-    relational: ClassVar[bool] = False  # RFE magnitude (§3) instead of the plain Taylor sum
 
-    @property
-    def order(self) -> int:
-        """Highest Taylor order m kept per module."""
+    def scheduler(self) -> Scheduler:
+        """A fresh scheduler for one branch (trajectory)."""
+        raise NotImplementedError
+
+    def predictor(self) -> Predictor:
+        """A fresh predictor for one branch (trajectory)."""
         raise NotImplementedError
 
     @property
-    def warmup_steps(self) -> int:
-        """Steps that are always full at the start of a trajectory."""
-        raise NotImplementedError
-
-    @property
-    def threshold(self) -> float | None:
-        """RCS threshold tau, or None for a fixed schedule."""
-        return None
-
-    def is_full(self, step: int) -> bool | None:
-        """Whether ``step`` is full; None when RCS decides it from the first module's input."""
-        raise NotImplementedError
+    def adaptive(self) -> bool:
+        """Whether the full steps depend on the data (then ``schedule`` is None)."""
+        return self.scheduler().adaptive
 
     def schedule(self, steps: int) -> list[int] | None:
         """The full steps of a ``steps``-step trajectory, or None if adaptive."""
-        if self.threshold is not None:
-            return None
-        return [i for i in range(steps) if self.is_full(i)]
+        return self.scheduler().schedule(steps)
+
+    def with_full_steps(self, full_steps: tuple[int, ...]) -> CacheMethod:
+        """The same predictor on an explicit schedule (used to count a cached step's FLOPs)."""
+        steps = tuple(full_steps)
+        return Composed(lambda: ExplicitSchedule(steps), self.predictor, f"{self.describe()}")
+
+    def cost_key(self) -> tuple:
+        """What a step's FLOPs depend on: the predictor's kind and order, and adaptivity."""
+        p = self.predictor()
+        return type(p).__name__, getattr(p, "order", None), self.adaptive
 
     def describe(self) -> str:
         """Short human-readable label used in tables and plots."""
         return self.name
+
+
+@dataclass(frozen=True)
+class Composed(CacheMethod):
+    """A method assembled from a scheduler and a predictor factory (probes, experiments)."""
+
+    make_scheduler: Callable[[], Scheduler]
+    make_predictor: Callable[[], Predictor]
+    label: str = "composed"
+
+    name = "composed"
+
+    def scheduler(self) -> Scheduler:
+        return self.make_scheduler()
+
+    def predictor(self) -> Predictor:
+        return self.make_predictor()
+
+    def describe(self) -> str:
+        return self.label

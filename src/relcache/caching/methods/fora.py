@@ -11,7 +11,7 @@ from relcache.caching.methods.taylorseer import TaylorSeer
 class FORA(TaylorSeer):
     """Full step every ``interval`` steps after ``warmup`` full steps; cached steps reuse."""
 
-    order: int = field(default=0, init=False)  # type: ignore[assignment]
+    order: int = field(default=0, init=False)
 
     name = "fora"
 

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from relcache.caching.methods.base import (
     CacheMethod,
     check_full_steps,
+    check_order,
     check_positive_int,
-    fixed_schedule_is_full,
+    fixed_or_explicit,
 )
-from relcache.caching.methods.taylorseer import check_order
+from relcache.caching.predictors import RelationalPredictor, TaylorPredictor
+from relcache.caching.schedulers import RCSSchedule, Scheduler
 
 
 @dataclass(frozen=True)
@@ -18,8 +20,8 @@ class RFC(CacheMethod):
     """Relational feature caching. ``rcs=False`` takes a fixed ``interval`` or ``full_steps``
     (the paper's "+RFE" ablation); ``rfe=False`` keeps the Taylor prediction ("+RCS")."""
 
-    order: int = 2  # type: ignore[assignment]
-    threshold: float | None = None  # type: ignore[assignment]
+    order: int = 2
+    threshold: float | None = None
     warmup: int = 2
     rfe: bool = True
     rcs: bool = True
@@ -68,20 +70,13 @@ class RFC(CacheMethod):
         if self.interval is not None:
             check_positive_int("interval", self.interval, "use 4 for NFC 14 at 50 steps")
 
-    @property
-    def relational(self) -> bool:  # type: ignore[override]
-        return self.rfe
+    def scheduler(self) -> Scheduler:
+        if self.rcs:
+            return RCSSchedule(self.threshold, self.order, self.warmup)
+        return fixed_or_explicit(self.interval, self.warmup, self.full_steps)
 
-    @property
-    def warmup_steps(self) -> int:
-        return self.warmup
-
-    def is_full(self, step: int) -> bool | None:
-        if self.full_steps is not None:
-            return step in self.full_steps
-        if self.interval is not None:
-            return fixed_schedule_is_full(step, self.interval, self.warmup)
-        return True if step < self.warmup else None
+    def predictor(self) -> TaylorPredictor:
+        return RelationalPredictor(self.order) if self.rfe else TaylorPredictor(self.order)
 
     def describe(self) -> str:
         parts = {(True, True): "RFC", (True, False): "+RFE", (False, True): "+RCS"}

@@ -7,18 +7,11 @@ from dataclasses import dataclass
 from relcache.caching.methods.base import (
     CacheMethod,
     check_full_steps,
+    check_order,
     check_positive_int,
-    fixed_schedule_is_full,
+    fixed_or_explicit,
 )
-
-
-def check_order(order: object, minimum: int = 0) -> None:
-    """The Taylor order m must be an integer >= ``minimum``."""
-    if isinstance(order, bool) or not isinstance(order, int) or order < minimum:
-        raise ValueError(
-            f"order must be an integer >= {minimum}, got {order!r}; the paper uses 2 for DiT "
-            "and FLUX, 1 for HunyuanVideo"
-        )
+from relcache.caching.predictors import TaylorPredictor
 
 
 @dataclass(frozen=True)
@@ -27,7 +20,7 @@ class TaylorSeer(CacheMethod):
     sum_r f_r k^r / r! with orders up to ``order`` (or use an explicit ``full_steps`` list)."""
 
     interval: int = 4
-    order: int = 2  # type: ignore[assignment]
+    order: int = 2
     warmup: int = 2
     full_steps: tuple[int, ...] | None = None
 
@@ -41,14 +34,11 @@ class TaylorSeer(CacheMethod):
         check_positive_int("warmup", self.warmup, "the official value is 2 for DiT, 3 for FLUX")
         check_full_steps(self.full_steps)
 
-    @property
-    def warmup_steps(self) -> int:
-        return self.warmup
+    def scheduler(self):
+        return fixed_or_explicit(self.interval, self.warmup, self.full_steps)
 
-    def is_full(self, step: int) -> bool:
-        if self.full_steps is not None:
-            return step in self.full_steps
-        return fixed_schedule_is_full(step, self.interval, self.warmup)
+    def predictor(self) -> TaylorPredictor:
+        return TaylorPredictor(self.order)
 
     def describe(self) -> str:
         sched = "" if self.full_steps is not None else f" N={self.interval}"

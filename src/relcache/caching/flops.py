@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import relcache
-from relcache.caching.methods import RFC, CacheMethod, TaylorSeer
+from relcache.caching.methods import CacheMethod
 
 aten = torch.ops.aten
 
@@ -92,15 +92,7 @@ def _in_scope(key: str, scope: str) -> bool:
     )
 
 
-def probe_config(config: CacheMethod | None) -> CacheMethod | None:
-    """The same method on the fixed schedule [0, 1, 2] (steps 0-2 full, step 3 cached)."""
-    if config is None:
-        return None
-    if isinstance(config, RFC):
-        return replace(config, rcs=False, threshold=None, interval=None, full_steps=(0, 1, 2))
-    if isinstance(config, TaylorSeer):
-        return replace(config, full_steps=(0, 1, 2))
-    raise TypeError(f"no FLOPs probe for {type(config).__name__}")
+PROBE_STEPS = (0, 1, 2)  # steps 0-2 full (every order formed), step 3 cached
 
 
 def step_costs(
@@ -110,35 +102,20 @@ def step_costs(
     scope: str,
     rcs_input_shape: tuple[int, ...] | None = None,
 ) -> StepCosts:
-    """Measure a method's full and cached step on ``model`` (build it on the meta device)."""
-    probe = probe_config(config)
-    if probe is not None:
-        relcache.apply(model, probe)
-    try:
+    """Measure a method's full and cached step on ``model`` (build it on the meta device).
+
+    The method's predictor runs on the fixed probe schedule; its scheduler declares what its
+    decision adds at a cached step (RCS: the driver input's prediction and error).
+    """
+    probe = None if config is None else config.with_full_steps(PROBE_STEPS)
+    with relcache.cached(model, probe):
         counts = count_steps(model, call, 4, scope)
-    finally:
-        if probe is not None:
-            relcache.remove(model)
     cached = counts[3] if probe is not None else counts[2]
-    if config is not None and config.threshold is not None:
-        cached += rcs_step_flops(rcs_input_shape, config.order)
+    if config is not None and config.adaptive:
+        if rcs_input_shape is None:
+            raise ValueError("an adaptive schedule's FLOPs need the driver input's shape")
+        cached += config.scheduler().cached_step_flops(rcs_input_shape)
     return StepCosts(first=counts[0], full=counts[2], cached=cached)
-
-
-def rcs_step_flops(input_shape: tuple[int, ...] | None, order: int) -> int:
-    """FLOPs RCS adds per cached step: predict I0 (Taylor sum) and its relative L1 error."""
-    if input_shape is None:
-        raise ValueError("RCS FLOPs need the driver input's shape (rcs_input_shape)")
-    from relcache.caching import relational, taylor
-
-    b, n = input_shape[0], math.prod(input_shape[1:])
-    x = torch.empty(b, n, device="meta")
-    factors = torch.empty(b, n, order + 1, device="meta")  # the layout of taylor.update_factors
-    coeff = torch.empty(b, order + 1, device="meta")
-    counter = FlopCounterMode(display=False, custom_mapping=CACHE_OPS)
-    with counter:
-        relational.relative_l1_error(x, taylor.combine(factors, coeff))
-    return counter.get_total_flops()
 
 
 def dit_flops(
@@ -189,8 +166,8 @@ def resolve_nfc(config: CacheMethod | None, steps: int, nfc: float | None) -> fl
     if schedule is None:
         if nfc is None:
             raise ValueError(
-                "RCS decides its full steps from the data: state the budget with nfc= "
-                "(--nfc), or pass full_steps=[...] with rcs=False"
+                f"{config.describe()} decides its full steps from the data: state the budget "
+                "with nfc= (--nfc), or pass full_steps=[...] with rcs=False"
             )
         return float(nfc)
     if nfc is not None and abs(nfc - len(schedule)) > 1e-9:

@@ -1,0 +1,169 @@
+"""Schedulers: which rows of a step run fully (RFC_SPEC §2 fixed schedule, §3 RCS).
+
+A scheduler is made per branch (one trajectory) and owns its state. The engine calls
+:meth:`Scheduler.begin` once at the start of every step; a scheduler that needs to see the first
+cached module's input (``uses_driver``) is also called at that module, where it must decide if
+``begin`` returned ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from relcache.caching import relational as rel
+from relcache.caching import taylor
+from relcache.caching.history import History
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One step's decision: every row full, no row full, or only ``rows`` full."""
+
+    all_full: bool
+    rows: Tensor | None = None  # (n,) indices of the rows that run fully, when only some do
+
+    @property
+    def any_full(self) -> bool:
+        """Whether some row runs fully (so the step records)."""
+        return self.all_full or self.rows is not None
+
+    @staticmethod
+    def from_mask(mask: Tensor) -> Decision:
+        """From a (B,) bool mask of full rows; reads one number from the device (a host sync)."""
+        n = int(mask.sum())
+        if n == mask.shape[0]:
+            return FULL
+        return CACHED if n == 0 else Decision(False, mask.nonzero()[:, 0])
+
+
+FULL = Decision(True)
+CACHED = Decision(False)
+
+
+def fixed_schedule_is_full(step: int, interval: int, warmup: int) -> bool:
+    """Official TaylorSeer/FORA schedule (§2): full if i < W or (i - (W-1)) mod N == 0."""
+    return step < warmup or (step - (warmup - 1)) % interval == 0
+
+
+def fixed_schedule(steps: int, interval: int, warmup: int) -> list[int]:
+    """All full steps of the fixed schedule over ``steps`` steps; NFC = its length."""
+    return [i for i in range(steps) if fixed_schedule_is_full(i, interval, warmup)]
+
+
+def interval_for_nfc(target: float, steps: int, warmup: int = 2) -> int:
+    """The fixed-schedule interval N whose NFC is closest to ``target`` (§4).
+
+    Ties go to the smallest N, as in the paper's table (NFC 8 at 50 steps is N = 7, not 8).
+    """
+    return min(
+        range(1, steps + 1), key=lambda n: (abs(len(fixed_schedule(steps, n, warmup)) - target), n)
+    )
+
+
+class Scheduler:
+    """Decides each step of one branch; subclasses set ``adaptive`` / ``uses_driver``."""
+
+    adaptive: ClassVar[bool] = False  # the full steps depend on the data (no fixed schedule)
+    uses_driver: ClassVar[bool] = False  # called at the driver module with its input
+
+    def begin(self, history: History) -> Decision | None:
+        """This step's decision, or None to decide at the driver module."""
+        raise NotImplementedError
+
+    def at_driver(self, history: History, early: Decision | None, inputs: list[Tensor]) -> Decision:
+        """Decide (if ``early`` is None) and record from the driver's input; returns the decision."""
+        assert early is not None, "a scheduler that returns None from begin() must decide here"
+        return early
+
+    def schedule(self, steps: int) -> list[int] | None:
+        """The full steps of a ``steps``-step trajectory, or None when adaptive."""
+        if self.adaptive:
+            return None
+        return [i for i in range(steps) if self.begin(History(step=i)).all_full]
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor held, for memory accounting."""
+        return []
+
+    def cached_step_flops(self, driver_shape: tuple[int, ...]) -> int:
+        """FLOPs the decision adds at a cached step, for a driver input of ``driver_shape``."""
+        return 0
+
+
+class FixedSchedule(Scheduler):
+    """TaylorSeer's / FORA's schedule: ``warmup`` full steps, then one every ``interval`` (§2)."""
+
+    def __init__(self, interval: int, warmup: int) -> None:
+        self.interval, self.warmup = interval, warmup
+
+    def begin(self, history: History) -> Decision:
+        return FULL if fixed_schedule_is_full(history.step, self.interval, self.warmup) else CACHED
+
+
+class ExplicitSchedule(Scheduler):
+    """Full exactly at the listed steps."""
+
+    def __init__(self, full_steps: tuple[int, ...]) -> None:
+        self.full_steps = frozenset(full_steps)
+
+    def begin(self, history: History) -> Decision:
+        return FULL if history.step in self.full_steps else CACHED
+
+
+class RCSSchedule(Scheduler):
+    """RCS (§3): accumulate the driver input's relative L1 prediction error; > tau -> full."""
+
+    adaptive = True
+    uses_driver = True
+
+    def __init__(self, threshold: float, order: int, warmup: int) -> None:
+        self.threshold, self.order, self.warmup = threshold, order, warmup
+        self.factors: Tensor | None = None  # (B, N, m+1) Taylor factors of the driver input I0
+        self.acc: Tensor | None = None  # (B,) accumulated error A
+
+    def begin(self, history: History) -> Decision | None:
+        return FULL if history.step < self.warmup else None
+
+    def at_driver(self, history: History, early: Decision | None, inputs: list[Tensor]) -> Decision:
+        x = inputs[0]  # (B, ...)
+        if self.acc is None:
+            self.acc = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+        decision = early if early is not None else self._decide(history, x)
+        if decision.any_full:
+            rows = decision.rows
+            gap, nf = history.gaps(rows)
+            old = taylor.select_rows(self.factors, rows)
+            new = taylor.update_factors(old, taylor.select_rows(x, rows), gap, nf)
+            self.factors = taylor.store_rows(self.factors, new, rows, self.order)
+        return decision
+
+    def _decide(self, history: History, x: Tensor) -> Decision:
+        predicted = taylor.combine(self.factors, history.coefficients(self.order))  # (B, N)
+        error = rel.relative_l1_error(x.reshape(x.shape[0], -1), predicted)  # (B,)
+        self.acc = self.acc + error
+        mask = self.acc > self.threshold  # (B,)
+        self.acc = torch.where(mask, 0.0, self.acc)
+        return Decision.from_mask(mask)  # the one host sync RCS needs per step
+
+    def tensors(self) -> list[Tensor]:
+        return [t for t in (self.factors, self.acc) if t is not None]
+
+    def cached_step_flops(self, driver_shape: tuple[int, ...]) -> int:
+        """Predict I0 (Taylor sum) and its relative L1 error: counted on the meta device."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from relcache.caching.flops import CACHE_OPS
+
+        b, n = driver_shape[0], math.prod(driver_shape[1:])
+        x = torch.empty(b, n, device="meta")
+        factors = torch.empty(b, n, self.order + 1, device="meta")
+        coeff = torch.empty(b, self.order + 1, device="meta")
+        counter = FlopCounterMode(display=False, custom_mapping=CACHE_OPS)
+        with counter:
+            rel.relative_l1_error(x, taylor.combine(factors, coeff))
+        return counter.get_total_flops()
