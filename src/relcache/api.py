@@ -92,7 +92,7 @@ def cached(
     patterns: str | list[str] | tuple[str, ...] | None = None,
     driver: str | None = None,
 ) -> Iterator[Any]:
-    """``with relcache.cached(model, cfg):`` apply for the block, remove after (None: no caching)."""
+    """``with relcache.cached(model, cfg):`` apply, run the block, remove (None: no caching)."""
     if config is None:
         yield target
         return

@@ -154,7 +154,5 @@ def input_change(inputs: list[Tensor], last: list[Tensor] | None) -> Tensor:
     """||I - I(i)||_2 per row over all input tensors together (§3 RFE). (B,)"""
     if not last:
         return torch.zeros(inputs[0].shape[0], device=inputs[0].device)
-    sq = sum(
-        rel.row_norm(taylor.accum(x) - y) ** 2 for x, y in zip(inputs, last, strict=False)
-    )
+    sq = sum(rel.row_norm(taylor.accum(x) - y) ** 2 for x, y in zip(inputs, last, strict=False))
     return sq.sqrt()

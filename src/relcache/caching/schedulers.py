@@ -76,7 +76,7 @@ class Scheduler:
         raise NotImplementedError
 
     def at_driver(self, history: History, early: Decision | None, inputs: list[Tensor]) -> Decision:
-        """Decide (if ``early`` is None) and record from the driver's input; returns the decision."""
+        """Decide (if ``early`` is None) and record from the driver input; return the decision."""
         assert early is not None, "a scheduler that returns None from begin() must decide here"
         return early
 

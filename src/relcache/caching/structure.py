@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 
@@ -71,8 +70,3 @@ def default_timestep(args: tuple, kwargs: dict) -> float | None:
 def as_tensors(value: Tensor | tuple | list) -> list[Tensor]:
     """A module's selected input(s) as a list of tensors."""
     return [value] if isinstance(value, Tensor) else [v for v in value if v is not None]
-
-
-def zeros_like_rows(batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A (B,) zero vector."""
-    return torch.zeros(batch, device=device, dtype=dtype)

@@ -24,9 +24,7 @@ from relcache.caching.schedulers import fixed_schedule, interval_for_nfc
 FIXED = ("interval", "warmup", "full_steps")
 for _entry in (
     MethodEntry("fora", "FORA", FORA, FIXED, "reuse the last full output (TaylorSeer, m = 0)"),
-    MethodEntry(
-        "taylorseer", "TaylorSeer", TaylorSeer, ("order", *FIXED), "Taylor extrapolation"
-    ),
+    MethodEntry("taylorseer", "TaylorSeer", TaylorSeer, ("order", *FIXED), "Taylor extrapolation"),
     MethodEntry(
         "rfc", "RFC", RFC, ("order", "threshold", "warmup"), "RFE prediction + RCS schedule"
     ),
