@@ -1,5 +1,6 @@
 """The engine around the math: attach/detach, branches, resets, per-row decisions, stats."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -221,3 +222,131 @@ def test_calls_that_skip_every_cached_module_give_a_clear_error() -> None:
     model(xs[0], torch.full((3,), 3.0))
     with pytest.raises(RuntimeError, match="no cached module ran"):
         model(xs[1], torch.full((3,), 2.0))
+
+
+# ----- robustness: failed calls, step rules, autograd, non-finite errors (issue 12) ------------
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_call_leaves_no_half_built_branch(error) -> None:
+    model, xs = _model(), _inputs(10)
+    relcache.apply(model, relcache.TaylorSeer(interval=3), patterns=PATTERNS)
+    with torch.no_grad():
+        clean = run_trajectory(model, xs)
+
+        def hook(mod, args):
+            raise error("interrupted")
+
+        handle = model.mods[2].register_forward_pre_hook(hook)
+        with pytest.raises(error):
+            run_trajectory(model, xs)
+        handle.remove()
+        again = run_trajectory(model, xs)
+    assert all(torch.equal(a, b) for a, b in zip(clean, again, strict=True))
+    assert set(relcache.stats(model).steps) == {"call0"}
+
+
+def test_explicit_steps_need_no_timestep_and_tell_generations_apart() -> None:
+    model, xs = _model(), _inputs(8)
+    relcache.apply(model, relcache.RFC(threshold=0.2), patterns=PATTERNS)
+    with torch.no_grad():
+        ref = run_trajectory(model, xs)
+        for _ in range(2):  # the same timestep at every call: only the explicit step counts
+            got = []
+            for i, x in enumerate(xs):
+                with relcache.at_step(model, i):
+                    got.append(model(x, torch.zeros(3)))
+            assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    assert relcache.stats(model).steps == {"call0": 8}
+
+
+def test_explicit_steps_count_sequential_branches() -> None:
+    model, xs = _model(), _inputs(6)
+    relcache.apply(model, relcache.TaylorSeer(interval=2), patterns=PATTERNS)
+    with torch.no_grad():
+        for i, x in enumerate(xs):
+            with relcache.at_step(model, i):
+                model(x, torch.zeros(3))
+                model(2 * x, torch.zeros(3))
+    assert relcache.stats(model).steps == {"call0": 6, "call1": 6}
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        lambda v: np.float32(v),
+        lambda v: np.int64(v),
+        lambda v: torch.full((3, 1), float(v)),
+        lambda v: float(v),
+    ],
+)
+def test_timestep_forms_are_read_and_generations_reset(form) -> None:
+    model, xs = _model(), _inputs(10)
+    relcache.apply(model, relcache.TaylorSeer(interval=3), patterns=PATTERNS)
+    with torch.no_grad():
+        runs = [[model(x, form(10 - i)) for i, x in enumerate(xs)] for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    assert relcache.stats(model).steps == {"call0": 10}
+
+
+def test_increasing_timesteps_are_one_trajectory_and_reset_when_going_back() -> None:
+    model, xs = _model(), _inputs(10)
+    relcache.apply(model, relcache.TaylorSeer(interval=3), patterns=PATTERNS)
+    with torch.no_grad():
+        runs = [[model(x, torch.full((3,), i / 10)) for i, x in enumerate(xs)] for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    st = relcache.stats(model)
+    assert st.steps == {"call0": 10} and st.nfc == 4  # cached, not NFC 1 per call
+
+
+def test_per_sample_timesteps_with_a_constant_first_element() -> None:
+    model, xs = _model(), _inputs(6)
+    relcache.apply(model, relcache.FORA(interval=2), patterns=PATTERNS)
+    with torch.no_grad():
+        for i, x in enumerate(xs):
+            model(x, torch.tensor([5.0, 6.0 - i, 6.0 - i]))
+    assert relcache.stats(model).steps == {"call0": 6}
+
+
+def test_unreadable_timestep_warns_once() -> None:
+    model = Chain(linear_module())
+    relcache.apply(model, relcache.FORA(interval=2), patterns=[r"mods\.0"])
+    x = _inputs(1)[0]
+    with pytest.warns(UserWarning, match="cannot read a timestep"), torch.no_grad():
+        model(x, torch.zeros(3, 4, 6))  # no timestep: an image-shaped second argument
+        model(x, torch.zeros(3, 4, 6))
+    assert relcache.stats(model).steps == {"default": 2}
+
+
+def test_one_step_generations_do_not_leak_branches() -> None:
+    model, x = _model(), _inputs(1)[0]
+    relcache.apply(model, relcache.FORA(interval=2), patterns=PATTERNS)
+    with pytest.warns(UserWarning, match="same timestep"), torch.no_grad():
+        for _ in range(30):
+            model(x, torch.full((3,), 999.0))
+    assert len(relcache.stats(model).steps) <= 8
+
+
+def test_cached_state_is_detached_from_autograd() -> None:
+    model, xs = _model(), _inputs(8)
+    relcache.apply(model, relcache.RFC(order=2, threshold=0.3), patterns=PATTERNS)
+    for i, x in enumerate(xs):  # backward at every step, like guidance-by-gradient samplers
+        x = x.clone().requires_grad_(True)
+        model(x, torch.full((3,), 8.0 - i)).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+    predictor = relcache.api._engine(model).branches["call0"].predictor
+    assert not any(t.requires_grad for t in predictor.tensors())
+
+
+def test_a_nan_error_forces_a_full_step_and_is_reported() -> None:
+    model, xs = _model(), _inputs(30)
+    cfg = relcache.RFC(order=1, threshold=0.5)
+    relcache.apply(model, cfg, patterns=PATTERNS)
+    with torch.no_grad():
+        run_trajectory(model, xs)
+        clean = relcache.stats(model).nfc_per_sample["call0"]
+        poisoned = [x.clone() for x in xs]
+        poisoned[6][1] = float("nan")  # row 1, step 6
+        run_trajectory(model, poisoned)
+        st = relcache.stats(model)
+    assert st.nonfinite_errors >= 1
+    assert st.nfc_per_sample["call0"][0] == clean[0]  # the other rows do not notice
+    assert st.nfc_per_sample["call0"][1] >= clean[1] - 1  # row 1 keeps being scheduled

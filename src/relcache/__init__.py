@@ -9,7 +9,17 @@ reference DiT), ``sampling`` (DDIM, CFG), ``shipped`` (the models that ship with
 training and loading), ``evaluation`` (the demo and bench harness), ``commands`` (the CLI).
 """
 
-from relcache.api import apply, cache_context, cached, is_applied, observe, remove, reset, stats
+from relcache.api import (
+    apply,
+    at_step,
+    cache_context,
+    cached,
+    is_applied,
+    observe,
+    remove,
+    reset,
+    stats,
+)
 from relcache.caching.engine import CacheStats
 from relcache.caching.methods import (
     FORA,
@@ -31,6 +41,7 @@ __all__ = [
     "CacheStats",
     "TaylorSeer",
     "apply",
+    "at_step",
     "build_method",
     "cache_context",
     "cached",

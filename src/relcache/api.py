@@ -133,6 +133,23 @@ def cache_context(target: Any, name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def at_step(target: Any, step: int) -> Iterator[None]:
+    """The model calls inside are denoising step ``step`` (0 = a new generation).
+
+    Samplers that know their step should say it: the engine then reads no timestep (no host
+    sync on a GPU) and never guesses branches or generations (rules: ``relcache.caching.steps``).
+    A no-op when relcache is not applied to ``target``.
+    """
+    model = resolve_model(target)
+    engine = getattr(model, _ENGINE_ATTR, None)
+    if engine is None:
+        yield
+        return
+    with engine.at_step(step):
+        yield
+
+
+@contextlib.contextmanager
 def observe(target: Any, fn: Callable[[dict], None], *, shadow: bool = False) -> Iterator[None]:
     """Call ``fn(record)`` at every cached-module call (analysis; slows sampling down).
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from relcache.caching.engine import InputFn, Targets, TimestepFn, default_inputs
-from relcache.caching.structure import default_timestep
+from relcache.caching.steps import read_timestep
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class ModelAdapter:
     patterns: tuple[str, ...]
     driver: str | None = None
     inputs: InputFn = default_inputs
-    timestep: TimestepFn = default_timestep
+    timestep: TimestepFn = read_timestep
     slice_batch: bool = True
     prepare: Callable[[nn.Module], None] | None = None  # reversible surgery before wrapping
     restore: Callable[[nn.Module], None] | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ from torch import Tensor, nn
 
 from relcache.caching.methods import CacheMethod
 from relcache.caching.state import BranchState
+from relcache.caching.steps import CallPlace, Reading, StepTracker, read_timestep
 from relcache.caching.structure import (
     as_tensors,
-    default_timestep,
     first_tensor,
     flatten_output,
     rebuild_output,
@@ -29,7 +30,7 @@ from relcache.caching.structure import (
 )
 
 InputFn = Callable[[str, tuple, dict], Any]
-TimestepFn = Callable[[tuple, dict], "float | None"]
+TimestepFn = Callable[[tuple, dict], "Reading | None"]
 
 
 def default_inputs(name: str, args: tuple, kwargs: dict) -> Tensor:
@@ -47,7 +48,7 @@ class Targets:
     patterns: tuple[str, ...]
     driver: str | None = None  # RCS module name (regex); default: the first matched module
     inputs: InputFn = default_inputs
-    timestep: TimestepFn = default_timestep
+    timestep: TimestepFn = read_timestep
     slice_batch: bool = True  # run a partially-full step on the full rows only
 
 
@@ -62,6 +63,7 @@ class CacheStats:
     module_calls: dict[str, dict[str, int]]
     peak_cache_bytes: int
     method: str = ""
+    nonfinite_errors: int = 0  # RCS: row-steps whose error was NaN/inf (forced full steps)
 
 
 def match_modules(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
@@ -75,6 +77,12 @@ def match_modules(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
             f"patterns are re.fullmatch'ed against named_modules(), e.g. {sample}"
         )
     return names
+
+
+def _detached(tensors: list[Tensor]) -> list[Tensor]:
+    """Cached state never keeps an autograd graph (a cached step's output then depends on the
+    current input only through the predictor's own use of it, e.g. RFE's ||I - I(i)||)."""
+    return [t.detach() for t in tensors]
 
 
 class CacheEngine:
@@ -91,9 +99,7 @@ class CacheEngine:
         self.driver = self._pick_driver()
         self.branches: dict[str, BranchState] = {}
         self.active: BranchState | None = None
-        self.context: str | None = None
-        self._call_t: float | None = None
-        self._call_index = 0
+        self.tracker = StepTracker()
         self.peak_bytes = 0
         self._originals: dict[str, Any] = {}
         self._handles: list[Any] = []
@@ -140,43 +146,38 @@ class CacheEngine:
     def reset(self) -> None:
         """Forget every trajectory (called at the start of each generation)."""
         self.branches.clear()
-        self.active, self._call_t, self._call_index, self.peak_bytes = None, None, 0, 0
+        self.tracker.reset()
+        self.active, self.peak_bytes = None, 0
 
     # ----- step bookkeeping -----------------------------------------------------------------
-    def _branch_name(self, t: float | None) -> str:
-        if self.context is not None:
-            return self.context
-        if t is None:
-            return "default"
-        self._call_index = self._call_index + 1 if t == self._call_t else 0
-        self._call_t = t
-        return f"call{self._call_index}"
-
     def _begin_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        t = self.targets.timestep(args, kwargs)
-        name = self._branch_name(t)
-        br = self.branches.get(name)
-        sig = signature(args, kwargs)
-        if br is not None and br.signature != sig:
-            if br.history.step > 0 and not (
-                t is not None and br.last_t is not None and t > br.last_t
-            ):
-                warnings.warn(
-                    f"relcache: input shapes changed mid-trajectory in branch {name!r} "
-                    f"({br.signature} -> {sig}); starting a new trajectory. Call "
-                    "relcache.reset(model) between generations to silence this.",
-                    stacklevel=2,
-                )
-            br = None
-        elif br is not None and t is not None and br.last_t is not None and t > br.last_t:
-            br = None  # the timestep went up: a new generation
-        if br is None:
-            if name == "call0":  # a new trajectory of the first branch ends the others' too
-                self._drop_branches()
-            br = self.branches[name] = self._new_branch(sig)
-        br.last_t = t
+        if self.active is not None:  # the previous call raised (e.g. KeyboardInterrupt)
+            self._discard_failed()
+        steps = {k: b.history.step for k, b in self.branches.items()}
+        place = self.tracker.place(self.targets.timestep, args, kwargs, steps)
+        if place.new_generation:
+            self._drop_branches()
+        br = self._branch(place, signature(args, kwargs))
         self._start_step(br)
         self.active = br
+
+    def _branch(self, place: CallPlace, sig: tuple) -> BranchState:
+        """The branch this call continues, or a fresh one (steps.py has the rules)."""
+        br = None if place.restart else self.branches.get(place.branch)
+        if br is not None and br.signature != sig:
+            if br.history.step > 0:
+                warnings.warn(
+                    f"relcache: input shapes changed mid-trajectory in branch {place.branch!r} "
+                    f"({br.signature} -> {sig}); starting a new trajectory. Call "
+                    "relcache.reset(model) between generations to silence this.",
+                    stacklevel=4,
+                )
+            br = None
+        if br is None:
+            if place.branch == "call0":  # a new trajectory of the first branch ends the others'
+                self._drop_branches()
+            br = self.branches[place.branch] = self._new_branch(sig)
+        return br
 
     def _new_branch(self, sig: tuple) -> BranchState:
         """A fresh trajectory: the method's scheduler and predictor, made for this branch."""
@@ -196,7 +197,22 @@ class CacheEngine:
             )
         br.decision = br.scheduler.begin(br.history)
 
+    def _discard_failed(self) -> None:
+        """A call raised mid-step: its branch is half-updated, so forget it (and, for an
+        automatic branch, the whole generation); the next call starts afresh."""
+        name = next((k for k, v in self.branches.items() if v is self.active), None)
+        self.active = None
+        if name is None or name.startswith("call") or name == "default":
+            self._drop_branches()
+            self.branches.pop("default", None)
+            self.tracker.reset()
+        else:
+            del self.branches[name]
+
     def _end_call(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        if out is None and sys.exc_info()[0] is not None:  # forward raised: always_call hook
+            self._discard_failed()
+            return
         br, self.active = self.active, None
         if br is None:
             return
@@ -216,7 +232,8 @@ class CacheEngine:
             if not br.history.started:
                 br.history.start_rows(inputs[0].shape[0], inputs[0].device)
             if name == self.driver and br.scheduler.uses_driver:
-                br.decision = br.scheduler.at_driver(br.history, br.decision, inputs)
+                detached = [x.detach() for x in inputs]  # a decision has no gradient
+                br.decision = br.scheduler.at_driver(br.history, br.decision, detached)
             elif br.decision is None:
                 raise RuntimeError(
                     f"RCS needs its driver {self.driver!r} to run before {name!r} in each step; "
@@ -242,7 +259,7 @@ class CacheEngine:
         if decision.all_full:
             out = forward(*args, **kwargs)
             outs, br.templates[name] = flatten_output(out)
-            br.predictor.record(name, br.history, None, outs, inputs)
+            br.predictor.record(name, br.history, None, _detached(outs), _detached(inputs))
             br.full_calls[name] = br.full_calls.get(name, 0) + 1
             if self.observer is not None:
                 self._observe(br, name, inputs, outs, None)
@@ -280,7 +297,7 @@ class CacheEngine:
             outs, _ = flatten_output(forward(*args, **kwargs))
             outs = [o.index_select(0, rows) for o in outs]
         sub_inputs = [x.index_select(0, rows) for x in inputs]
-        br.predictor.record(name, br.history, rows, outs, sub_inputs)
+        br.predictor.record(name, br.history, rows, _detached(outs), _detached(sub_inputs))
         merged = [p.index_copy(0, rows, o.to(p.dtype)) for p, o in zip(pred, outs, strict=False)]
         return rebuild_output(merged, br.templates[name])
 
@@ -328,13 +345,27 @@ class CacheEngine:
             module_calls=calls,
             peak_cache_bytes=self.peak_bytes,
             method=self.config.describe(),
+            nonfinite_errors=sum(
+                b.scheduler.report().get("nonfinite_errors", 0) for b in self.branches.values()
+            ),
         )
 
     @contextlib.contextmanager
     def branch(self, name: str) -> Iterator[None]:
         """Route the calls inside to the named branch (e.g. "cond" / "uncond")."""
-        previous, self.context = self.context, name
+        previous, self.tracker.context = self.tracker.context, name
         try:
             yield
         finally:
-            self.context = previous
+            self.tracker.context = previous
+
+    @contextlib.contextmanager
+    def at_step(self, step: int) -> Iterator[None]:
+        """The calls inside are denoising step ``step`` (no timestep is read)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"the step must be an integer >= 0, got {step!r}")
+        previous, self.tracker.step = self.tracker.step, step
+        try:
+            yield
+        finally:
+            self.tracker.step = previous

@@ -134,9 +134,7 @@ class RelationalPredictor(TaylorPredictor):
             )
         st.ratio, st.gram = ratios, grams
         olds_in = st.last_input or [None] * len(inputs)
-        st.last_input = [
-            taylor.put_rows(o, x.detach(), rows) for o, x in zip(olds_in, inputs, strict=False)
-        ]
+        st.last_input = [taylor.put_rows(o, x, rows) for o, x in zip(olds_in, inputs, strict=False)]
 
     def coefficients(self, name, history, inputs) -> list[Tensor]:
         st = self.relational[name]

@@ -90,6 +90,10 @@ class Scheduler:
         """Every tensor held, for memory accounting."""
         return []
 
+    def report(self) -> dict[str, int]:
+        """Counters for ``relcache.stats`` (read off the hot path)."""
+        return {}
+
     def cached_step_flops(self, driver_shape: tuple[int, ...]) -> int:
         """FLOPs the decision adds at a cached step, for a driver input of ``driver_shape``."""
         return 0
@@ -125,6 +129,7 @@ class RCSSchedule(Scheduler):
         self.threshold, self.order, self.warmup = threshold, order, warmup
         self.factors: Tensor | None = None  # (B, N, m+1) Taylor factors of the driver input I0
         self.acc: Tensor | None = None  # (B,) accumulated error A
+        self.nonfinite: Tensor | None = None  # (B,) steps whose error was NaN / inf, per row
 
     def begin(self, history: History) -> Decision | None:
         return FULL if history.step < self.warmup else None
@@ -133,6 +138,7 @@ class RCSSchedule(Scheduler):
         x = inputs[0]  # (B, ...)
         if self.acc is None:
             self.acc = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+            self.nonfinite = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         decision = early if early is not None else self._decide(history, x)
         if decision.any_full:
             rows = decision.rows
@@ -146,9 +152,14 @@ class RCSSchedule(Scheduler):
         predicted = taylor.combine(self.factors, history.coefficients(self.order))  # (B, N)
         error = rel.relative_l1_error(x.reshape(x.shape[0], -1), predicted)  # (B,)
         self.acc = self.acc + error
-        mask = self.acc > self.threshold  # (B,)
+        self.nonfinite = self.nonfinite + ~error.isfinite()  # for stats, read only there
+        mask = ~(self.acc <= self.threshold)  # (B,) a NaN error forces a full step too
         self.acc = torch.where(mask, 0.0, self.acc)
         return Decision.from_mask(mask)  # the one host sync RCS needs per step
+
+    def report(self) -> dict[str, int]:
+        nonfinite = 0 if self.nonfinite is None else int(self.nonfinite.sum())
+        return {"nonfinite_errors": nonfinite}
 
     def tensors(self) -> list[Tensor]:
         return [t for t in (self.factors, self.acc) if t is not None]

@@ -16,7 +16,6 @@ class BranchState:
     scheduler: Scheduler
     predictor: Predictor
     signature: tuple | None = None  # shapes of the root call's tensors; a change resets
-    last_t: float | None = None
     history: History = field(default_factory=History)
     decision: Decision | None = None  # this step's; None until the driver module decides
     templates: dict[str, tuple] = field(default_factory=dict)  # per module: output structure

@@ -55,18 +55,6 @@ def take_rows(value: Any, rows: Tensor, batch: int) -> Any:
     return value
 
 
-def default_timestep(args: tuple, kwargs: dict) -> float | None:
-    """The diffusion timestep of a root call: kwarg timestep/timesteps/t, else a 0/1-D 2nd arg."""
-    value = next((kwargs[k] for k in ("timestep", "timesteps", "t") if k in kwargs), None)
-    if value is None and len(args) > 1:
-        cand = args[1]
-        if isinstance(cand, (int, float)) or (isinstance(cand, Tensor) and cand.dim() <= 1):
-            value = cand
-    if isinstance(value, Tensor):  # meta tensors (FLOPs counting) carry no value
-        return float(value.reshape(-1)[0]) if value.numel() and not value.is_meta else None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def as_tensors(value: Tensor | tuple | list) -> list[Tensor]:
     """A module's selected input(s) as a list of tensors."""
     return [value] if isinstance(value, Tensor) else [v for v in value if v is not None]

@@ -1,0 +1,170 @@
+"""Which branch, step and generation a root model call belongs to: the engine's rules, in one place.
+
+1. **Explicit step** (``with relcache.at_step(model, i):``, used by relcache's own samplers): the
+   calls inside are step ``i``. The j-th call at the same step is branch ``call{j}`` (sequential
+   CFG: cond, then uncond). Step 0, or a step below the branch's current one, starts a new
+   generation. Nothing is read from the device.
+2. **Named branch** (``with relcache.cache_context(model, "uncond"):``): the calls inside go to that
+   branch; with an explicit step it takes that step, otherwise each call is its next step and a
+   timestep moving against the branch's direction starts a new trajectory.
+3. **Timestep** (the fallback for bare models and pipelines): the timestep is read from the call
+   (keyword ``timestep`` / ``timesteps`` / ``t`` / ``sigma`` / ``sigmas``, else a scalar or
+   per-sample second positional argument; Python and NumPy numbers, 0-d, (B,) and (B, 1) tensors;
+   one host read per call). The same reading as the previous call is another branch of the same
+   step (``call1``, ``call2`` …); a different one is the next step of ``call0``. The direction of
+   the trajectory (timesteps counting down for DDPM/DDIM, up for some flow-matching samplers) is
+   set by its first two distinct readings; a reading that moves against it starts a new
+   generation. More than ``MAX_BRANCHES`` identical readings in a row also start one (with a
+   warning): back-to-back one-step generations cannot be told from CFG branches.
+4. **No timestep** (none of the above can be read): every call is the next step of branch
+   ``default``; a warning (once) says to call ``relcache.reset(model)`` between generations or to
+   pass the step with ``relcache.at_step``.
+
+Pipelines applied with ``relcache.apply(pipe, ...)`` also reset at every pipeline call.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+
+from torch import Tensor
+
+MAX_BRANCHES = 8  # automatic branches per step (CFG needs 2; a few more for guidance variants)
+TIMESTEP_KEYS = ("timestep", "timesteps", "t", "sigma", "sigmas")
+
+Reading = tuple[float, ...]
+
+
+def read_timestep(args: tuple, kwargs: dict) -> Reading | None:
+    """The timestep of a root call as a tuple of floats (one per sample, or one), or None."""
+    value = next((kwargs[k] for k in TIMESTEP_KEYS if k in kwargs), None)
+    if value is None and len(args) > 1:
+        value = args[1]
+    if isinstance(value, Tensor):
+        if value.is_meta or value.numel() == 0:
+            return None
+        if value.dim() > 2 or (value.dim() == 2 and value.shape[1] != 1):
+            return None  # not a timestep: an image, tokens, a class embedding ...
+        return tuple(float(v) for v in value.reshape(-1).tolist())  # the one host read
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return (float(value),)
+    if hasattr(value, "dtype") and getattr(value, "shape", None) == ():  # NumPy scalars
+        return (float(value),)
+    return None
+
+
+@dataclass
+class Clock:
+    """The readings of one trajectory: the last one and the direction they move in."""
+
+    last: Reading | None = None
+    direction: int = 0  # -1 counting down, +1 up, 0 not known yet
+
+    def went_back(self, reading: Reading) -> bool:
+        """Whether ``reading`` moves against the trajectory (a new generation)."""
+        if self.last is None or self.direction == 0:
+            return False
+        return _sign(reading, self.last) == -self.direction
+
+    def advance(self, reading: Reading) -> None:
+        """Record ``reading``; the first move sets the direction."""
+        if self.last is not None and self.direction == 0:
+            self.direction = _sign(reading, self.last)
+        self.last = reading
+
+
+def _sign(a: Reading, b: Reading) -> int:
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    return (diff > 0) - (diff < 0)
+
+
+@dataclass(frozen=True)
+class CallPlace:
+    """Where a root call belongs: its branch, whether it starts a new generation (every
+    automatic branch is dropped), whether its branch restarts, and its explicit step if any."""
+
+    branch: str
+    new_generation: bool = False
+    restart: bool = False
+    step: int | None = None
+
+
+class StepTracker:
+    """Applies the rules above to each root call; holds only readings and counters."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None  # explicit step of the calls in progress (at_step)
+        self.context: str | None = None  # named branch of the calls in progress
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every reading (a new generation follows)."""
+        self.clock = Clock()
+        self.clocks: dict[str, Clock] = {}  # named branches' own clocks
+        self.repeats = 0
+        self.explicit_last: int | None = None
+        self._warned: set[str] = set()
+
+    def place(self, reading_fn, args: tuple, kwargs: dict, steps: dict[str, int]) -> CallPlace:
+        """Classify one root call; ``steps`` holds each existing branch's next step."""
+        if self.step is not None:
+            return self._explicit(self.step, steps)
+        reading = reading_fn(args, kwargs)
+        if self.context is not None:
+            clock = self.clocks.setdefault(self.context, Clock())
+            back = reading is not None and clock.went_back(reading)
+            if reading is not None:
+                clock.advance(reading)
+            return CallPlace(self.context, restart=back)
+        if reading is None:
+            self._warn_once(
+                "unreadable",
+                "relcache cannot read a timestep from this model call, so it cannot tell steps "
+                "and generations apart: every call is counted as the next step of one "
+                "trajectory. Call relcache.reset(model) between generations, or wrap each step "
+                "in `with relcache.at_step(model, i):`",
+            )
+            return CallPlace("default")
+        return self._from_reading(reading)
+
+    def _from_reading(self, reading: Reading) -> CallPlace:
+        if reading == self.clock.last:
+            self.repeats += 1
+            if self.repeats < MAX_BRANCHES:
+                return CallPlace(f"call{self.repeats}")
+            self._warn_once(
+                "repeats",
+                f"relcache read the same timestep {MAX_BRANCHES} times in a row and starts a new "
+                "generation; if these calls are branches of one step, name them with "
+                "relcache.cache_context, and between generations call relcache.reset(model)",
+            )
+            self.repeats = 0
+            return CallPlace("call0", new_generation=True)
+        back = self.clock.went_back(reading)
+        if back:
+            self.clock = Clock()
+        self.clock.advance(reading)
+        self.repeats = 0
+        return CallPlace("call0", new_generation=back)
+
+    def _explicit(self, step: int, steps: dict[str, int]) -> CallPlace:
+        if self.context is not None:
+            current = steps.get(self.context)
+            return CallPlace(self.context, restart=_went_back(step, current), step=step)
+        self.repeats = self.repeats + 1 if step == self.explicit_last else 0
+        self.explicit_last = step
+        name = f"call{self.repeats}"
+        new = self.repeats == 0 and _went_back(step, steps.get("call0"))
+        return CallPlace(name, new_generation=new, step=step)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=4)
+
+
+def _went_back(step: int, current: int | None) -> bool:
+    """An explicit step before a branch's next one starts it over (``current``: its next)."""
+    return current is not None and step < current
