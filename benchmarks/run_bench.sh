@@ -14,7 +14,7 @@ ARGS=(
   bench
   --steps 50 --cfg-scale 3.0
   --samples "$SAMPLES" --seed 0
-  --methods fora,taylorseer1,taylorseer2,rfc1,rfc2,rfe,rcs
+  --methods fora,taylorseer1,taylorseer2,rfc1,rfc2,rfe1,rcs1
   --budgets 14,11,10,8,7
   --calibration-samples 32 --batch-size 64
   --analysis-samples 4 --analysis-budget 10

@@ -11,10 +11,9 @@ import json
 import torch
 
 from relcache.evaluation import metrics
-from relcache.evaluation.classifier import load_classifier
-from relcache.evaluation.report import save_grid
+from relcache.evaluation.plots import save_grid
 from relcache.evaluation.runner import run_method
-from relcache.shipped import load_generator
+from relcache.shipped import load_classifier, load_generator
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from relcache.data import load_fashion_mnist, to_model_range
-from relcache.evaluation.classifier import ASSET_NAME, save_classifier, train_classifier
 from relcache.evaluation.metrics import (
     TEST_STATS_NAME,
     class_accuracy,
@@ -30,6 +29,8 @@ from relcache.evaluation.metrics import (
     feature_statistics,
     save_test_stats,
 )
+from relcache.shipped.classifier import train_classifier
+from relcache.shipped.loading import CLASSIFIER_FILE, save_classifier
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "relcache" / "assets"
 
@@ -58,7 +59,7 @@ def _card(args: argparse.Namespace, acc: float, train_s: float, n_train: int, n_
     return f"""# Fashion-MNIST feature classifier
 
 Feature extractor for the project's FD metrics (stand-in for Inception, which is not available
-offline). `relcache.evaluation.classifier.FashionClassifier`: three conv blocks (3x3 conv,
+offline). `relcache.shipped.classifier.FashionClassifier`: three conv blocks (3x3 conv,
 BatchNorm, ReLU, 2x2 max-pool; 32-64-64 channels) -> linear 576->128 + ReLU (the **128-d
 feature** returned by `features(x)`) -> dropout 0.2 -> linear 128->10.
 Inputs: (N, 1, 28, 28) in [-1, 1]. {n_params:,} parameters.
@@ -119,13 +120,13 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     metadata = {"test_accuracy": f"{acc:.4f}", "epochs": str(args.epochs), "seed": str(args.seed)}
-    save_classifier(model, args.out_dir / ASSET_NAME, metadata=metadata)
+    save_classifier(model, args.out_dir / CLASSIFIER_FILE, metadata=metadata)
     mu, sigma = feature_statistics(extract_features(test_images, model))
     save_test_stats(args.out_dir / TEST_STATS_NAME, mu, sigma, n=test_images.shape[0])
     n_params = sum(p.numel() for p in model.parameters())
     card = _card(args, acc, train_s, train_x.shape[0], n_params)
     (args.out_dir / "classifier_card.md").write_text(card)
-    print(f"wrote {ASSET_NAME}, {TEST_STATS_NAME}, classifier_card.md to {args.out_dir}")
+    print(f"wrote {CLASSIFIER_FILE}, {TEST_STATS_NAME}, classifier_card.md to {args.out_dir}")
 
 
 if __name__ == "__main__":

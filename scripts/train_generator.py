@@ -18,7 +18,7 @@ import sys
 import torch
 
 from relcache.models import DIT_PRESETS, create_dit, save_dit_weights
-from relcache.training import TrainConfig, images_to_model_range, train
+from relcache.shipped.training import TrainConfig, images_to_model_range, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

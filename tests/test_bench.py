@@ -11,11 +11,19 @@ import torch
 
 from relcache import RFC
 from relcache.cli import build_parser, main
-from relcache.evaluation import bench
-from relcache.evaluation.bench import BENCH_METHODS, BenchSettings, random_dit, reference, run_bench
-from relcache.evaluation.calibrate import calibrate_threshold
-from relcache.evaluation.classifier import load_classifier
-from relcache.evaluation.runner import run_method
+from relcache.evaluation import distributed
+from relcache.evaluation.bench import run_bench
+from relcache.evaluation.budgets import (
+    DEFAULT_METHODS,
+    bench_method,
+    calibrate_threshold,
+    confirm_threshold,
+)
+from relcache.evaluation.reference import reference, reference_key
+from relcache.evaluation.runner import per_sample_noise, run_method, sample_batch
+from relcache.evaluation.settings import BenchSettings
+from relcache.sampling import generate
+from relcache.shipped import load_classifier, random_dit
 
 TINY = dict(depth=2, hidden_size=64, num_heads=4)
 
@@ -74,6 +82,31 @@ def test_threshold_search_hits_target_on_tiny_model(model) -> None:
     assert measure(tau) == nfc  # deterministic
 
 
+def test_confirmation_nudges_tau_and_returns_the_last_measured() -> None:
+    seen = []
+
+    def measure(tau: float) -> float:  # NFC 6 at tau <= 1, else 4
+        seen.append(tau)
+        return 6.0 if tau <= 1.0 else 4.0
+
+    assert confirm_threshold(1.0, 4.0, measure) == (2.25, 4.0)  # 1 * (6 / 4)^2
+    assert seen == [1.0, 2.25]
+    seen.clear()
+    assert confirm_threshold(0.5, 4.0, lambda tau: seen.append(tau) or 6.0, rounds=2)[1] == 6.0
+    assert seen == [0.5, 1.125]  # never returns a tau it did not measure
+
+
+# --- one CFG path -------------------------------------------------------------------------------
+
+
+def test_bench_sampling_is_generate(model) -> None:
+    c = model.config
+    noise = per_sample_noise([3], (c.in_channels, c.input_size, c.input_size))  # (1, C, H, W)
+    ours = sample_batch(model, noise, torch.tensor([7]), steps=6, cfg_scale=2.0)
+    theirs = generate(model, [7], steps=6, cfg_scale=2.0, seed=3, progress=False)
+    assert torch.equal(ours, theirs)
+
+
 # --- reference cache ----------------------------------------------------------------------------
 
 
@@ -88,7 +121,7 @@ def test_reference_is_identical_across_runs_and_cached(model, tmp_path) -> None:
     assert torch.equal(first.images, uncached.images)
     assert len(list((tmp_path / "cache").glob("reference-*.pt"))) == 1
     other = dataclasses.replace(s, cfg_scale=1.5)  # another sampler setting, another key
-    assert bench.reference_key(model, other) != bench.reference_key(model, s)
+    assert reference_key(model, other) != reference_key(model, s)
 
 
 # --- a whole bench ------------------------------------------------------------------------------
@@ -104,18 +137,18 @@ def finished(model, classifier, tmp_path_factory):
 def test_outputs_hold_every_method_and_budget(finished) -> None:
     s, results = finished
     runs = json.loads((s.out / "results.json").read_text())["runs"]
-    assert set(runs) == {"full"} | {f"{m}@{b}" for m in BENCH_METHODS for b in s.budgets}
+    assert set(runs) == {"full"} | {f"{m}@{b}" for m in DEFAULT_METHODS for b in s.budgets}
     report = (s.out / "report.md").read_text()
     for b in s.budgets:
         rows = [r for r in runs.values() if r["budget"] == b]
-        assert {r["method"] for r in rows} == set(BENCH_METHODS)
+        assert {r["method"] for r in rows} == set(DEFAULT_METHODS)
         for r in rows:
             assert f"| {r['label']} | {b} |" in report
             assert r["psnr"] > 0 and r["fd2fc"] is not None and r["tflops"] > 0
         assert (s.out / f"grid_nfc{b}.png").exists()
         assert f"**NFC {b}**" in report
     for r in runs.values():
-        if BENCH_METHODS.get(r["method"]) and BENCH_METHODS[r["method"]].adaptive:
+        if r["method"] != "full" and bench_method(r["method"]).adaptive:
             assert r["threshold"] > 0 and "calibration_nfc" in r and r["nfc_std"] >= 0
         elif r["method"] != "full":
             assert r["target_nfc"] == r["nfc"]  # fixed schedule: its own NFC is the target
@@ -138,9 +171,9 @@ def test_resume_skips_finished_runs(finished, model, classifier, monkeypatch) ->
     del dropped["runs"]["taylorseer2@4"]
     path.write_text(json.dumps(dropped))
     calls = []
-    real = bench.dist.run_sharded
+    real = distributed.run_sharded
     monkeypatch.setattr(
-        bench.dist, "run_sharded", lambda *a, **k: calls.append(a[1]) or real(*a, **k)
+        distributed, "run_sharded", lambda *a, **k: calls.append(a[1]) or real(*a, **k)
     )
     results = run_bench(model, classifier, dataclasses.replace(s, resume=True))
     assert [c.describe() for c in calls] == ["TaylorSeer N=3 m=2"]  # only the missing run

@@ -5,14 +5,9 @@ import pytest
 import torch
 
 from relcache.data.fashion_mnist import DEFAULT_ROOT, load_fashion_mnist, to_model_range
-from relcache.evaluation.classifier import (
-    FashionClassifier,
-    default_weights_path,
-    load_classifier,
-    save_classifier,
-    train_classifier,
-)
 from relcache.evaluation.metrics import class_accuracy, fd_to_test_set, load_test_stats
+from relcache.shipped import classifier_path, load_classifier, save_classifier
+from relcache.shipped.classifier import FashionClassifier, train_classifier
 
 HAS_DATA = (DEFAULT_ROOT / "t10k-images-idx3-ubyte.gz").exists()
 needs_data = pytest.mark.skipif(not HAS_DATA, reason="dataset-fashion-mnist not installed")
@@ -24,7 +19,7 @@ def shipped():
 
 
 def test_shipped_weights_load_in_eval_mode(shipped):
-    assert default_weights_path().is_file()
+    assert classifier_path().is_file()
     assert not shipped.training
     x = torch.zeros(3, 1, 28, 28)
     with torch.no_grad():

@@ -167,3 +167,22 @@ def test_history_counts_rows_and_memoises_coefficients() -> None:
     assert c is h.coefficients(1)  # once per step
     assert c.tolist() == [[1, 0], [1, 0], [1, 1]]  # rows 0-1: order 1 not formed yet; row 2: k = 1
     assert h.gaps(torch.tensor([0, 2]))[0].tolist() == [3, 1]
+
+
+def test_bench_names_come_from_the_registry() -> None:
+    from relcache.evaluation.budgets import bench_method
+    from relcache.evaluation.settings import BenchSettings
+
+    labels = {n: bench_method(n).family for n in ("fora", "taylorseer", "rfc1", "rfe1", "rcs1")}
+    assert labels == {
+        "fora": "FORA",
+        "taylorseer": "TaylorSeer m=2",
+        "rfc1": "RFC m=1",
+        "rfe1": "+RFE m=1",
+        "rcs1": "+RCS m=1",
+    }
+    assert bench_method("rcs1").adaptive and not bench_method("rfe1").adaptive
+    with pytest.raises(ValueError, match="unknown method 'magcache'"):
+        BenchSettings(methods=("fora", "magcache"))
+    assert METHODS["rfe"].example(order=1) == relcache.RFC(order=1, rcs=False, interval=4)
+    assert METHODS["rfc"].example().threshold == 1.0

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from relcache.models import DiT, DiTConfig, load_dit_weights
-from relcache.training import (
+from relcache.shipped.training import (
     DiffusionTerms,
     TrainConfig,
     diffusion_loss,

@@ -70,11 +70,11 @@ class FlopsReport:
 
 
 def count_steps(model: nn.Module, call: Callable[[int], None], steps: int, scope: str) -> list[int]:
-    """FLOPs of each of ``steps`` calls ``call(i)``, summed over modules named ``scope``."""
+    """FLOPs of each of ``steps`` calls ``call(i)`` (step i), summed over modules ``scope``."""
     per_step = []
     for i in range(steps):
         counter = FlopCounterMode(display=False, custom_mapping=CACHE_OPS)
-        with counter:
+        with counter, relcache.at_step(model, i):  # meta tensors carry no timestep to read
             call(i)
         counts = counter.get_flop_counts()
         per_step.append(sum(sum(c.values()) for k, c in counts.items() if _in_scope(k, scope)))

@@ -11,26 +11,16 @@ from pathlib import Path
 DESCRIPTION = """\
 Runs full compute and each caching method at each NFC budget on the same seeds (image i: seed+i,
 class i % num_classes), then writes report.md, results.json, plots and image grids into --out.
-Fixed-schedule methods (fora, taylorseer1/2, rfe) take the interval whose NFC is closest to the
-budget; RCS methods (rfc1/2, rcs) take the threshold calibrated on the first
---calibration-samples samples. The full-compute reference is cached in --cache-dir.
+Methods are names of the method registry (relcache.METHODS) with an optional trailing order
+(taylorseer1 = TaylorSeer m=1). Fixed-schedule methods (fora, taylorseer, rfe) take the interval
+whose NFC is closest to the budget; RCS methods (rfc, rcs) take the threshold calibrated on the
+first --calibration-samples samples. The full-compute reference is cached in --cache-dir.
 
   relcache bench --samples 1000 --out bench_out
   torchrun --nproc-per-node 2 -m relcache bench --samples 1000 --out bench_out
   relcache bench --preset DiT-FM --preset-overrides depth=2,hidden_size=64,num_heads=4 \\
       --steps 10 --samples 16 --budgets 6,4 --out /tmp/smoke
 """
-
-
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected integers like 14,8, got {text!r}") from err
-
-
-def _name_tuple(text: str) -> tuple[str, ...]:
-    return tuple(v.strip().lower() for v in text.split(",") if v.strip())
 
 
 def _overrides(text: str) -> dict[str, int | float | str]:
@@ -52,7 +42,8 @@ def _overrides(text: str) -> dict[str, int | float | str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand."""
-    from relcache.evaluation.bench import BENCH_METHODS, BenchSettings
+    from relcache.commands.common import int_list, methods_help, name_list
+    from relcache.evaluation.settings import BenchSettings
 
     d = BenchSettings()
     p = sub.add_parser(
@@ -92,14 +83,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help="first seed; image i uses seed + i")
     g.add_argument(
         "--methods",
-        type=_name_tuple,
+        type=name_list,
         default=d.methods,
-        help=f"comma-separated, from {','.join(BENCH_METHODS)} (default: all); rfe/rcs are the "
-        "paper's m=1 ablations +RFE / +RCS",
+        help=f"comma-separated (default {','.join(d.methods)}); a trailing number sets the "
+        f"order. Registered: {methods_help()}",
     )
     g.add_argument(
         "--budgets",
-        type=_int_tuple,
+        type=int_list,
         default=d.budgets,
         help=f"target NFCs (default {','.join(map(str, d.budgets))}, the paper's at 50 steps)",
     )
@@ -163,30 +154,14 @@ def _model_args(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def load_model(args: argparse.Namespace, device):
-    """The DiT to bench and its display name."""
-    from relcache.evaluation.bench import random_dit
-    from relcache.models import load_dit_weights
-    from relcache.shipped import load_generator
-
-    if args.preset_overrides and not args.preset:
-        raise ValueError("--preset-overrides needs --preset NAME")
-    if args.checkpoint:
-        return load_dit_weights(args.checkpoint, device=device), str(args.checkpoint)
-    if args.preset:
-        model = random_dit(args.preset, args.init_seed, **args.preset_overrides).to(device)
-        name = f"{args.preset} (random weights, seed {args.init_seed})"
-        return model, name
-    return load_generator(device=device), "shipped DiT-FM (Fashion-MNIST)"
-
-
 def run(args: argparse.Namespace) -> int:
     """Validate, load, (join the process group,) bench, print where the outputs are."""
     import torch
 
     from relcache.evaluation import distributed as dist
-    from relcache.evaluation.bench import BenchSettings, run_bench
-    from relcache.evaluation.classifier import load_classifier
+    from relcache.evaluation.bench import run_bench
+    from relcache.evaluation.settings import BenchSettings
+    from relcache.shipped import load_classifier, load_model
 
     settings = BenchSettings(
         steps=args.steps,
@@ -205,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=None if args.no_cache else args.cache_dir,
         resume=args.resume,
         progress=not args.no_progress,
+        model_args=_model_args(args),
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -213,9 +189,11 @@ def run(args: argparse.Namespace) -> int:
     main = dist.is_main()
     try:
         device = dist.local_device(device)
-        model, name = load_model(args, device)
+        model, name = load_model(
+            args.checkpoint, args.preset, args.preset_overrides, args.init_seed, device
+        )
         settings = dataclasses.replace(settings, model_name=name)
-        run_bench(model, load_classifier().to(device), settings, _model_args(args))
+        run_bench(model, load_classifier(device=device), settings)
     finally:
         if distributed:
             dist.shutdown()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand."""
+    from relcache.commands.common import int_list
+
     p = sub.add_parser(
         "demo",
         help="compare full compute, FORA, TaylorSeer and RFC on the shipped model",
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=64, help="images per method (default 64)")
     p.add_argument(
         "--budgets",
-        type=lambda v: tuple(int(x) for x in v.split(",")),
+        type=int_list,
         default=(14, 8),
         help="target NFCs, comma-separated (default 14,8)",
     )
@@ -38,10 +40,9 @@ def run(args: argparse.Namespace) -> int:
     """Load the shipped models, run the demo, print the table."""
     import torch
 
-    from relcache.evaluation.classifier import load_classifier
     from relcache.evaluation.demo import DemoSettings, run_demo
     from relcache.evaluation.report import format_table
-    from relcache.shipped import load_generator
+    from relcache.shipped import load_classifier, load_generator
 
     settings = DemoSettings(
         steps=args.steps,

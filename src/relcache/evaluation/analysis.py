@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,7 +20,10 @@ from relcache.caching.methods import CacheMethod, TaylorSeer
 from relcache.evaluation.runner import per_sample_noise, sample_batch
 
 
-def _sample(model, seeds, labels, steps, cfg_scale) -> None:
+def _sample(
+    model: nn.Module, seeds: Sequence[int], labels: torch.Tensor, steps: int, cfg_scale: float
+) -> None:
+    """One CFG generation of the given seeds and labels (the records are what matters)."""
     c = model.config
     noise = per_sample_noise(seeds, (c.in_channels, c.input_size, c.input_size))
     sample_batch(model, noise, labels, steps=steps, cfg_scale=cfg_scale)
@@ -53,7 +55,14 @@ def prediction_errors(
     }
 
 
-def _module_errors(model, config, seeds, labels, steps, cfg_scale) -> dict[str, float]:
+def _module_errors(
+    model: nn.Module,
+    config: CacheMethod,
+    seeds: Sequence[int],
+    labels: torch.Tensor,
+    steps: int,
+    cfg_scale: float,
+) -> dict[str, float]:
     """module -> mean relative L1 error of ``config``'s predictions (shadow-observed)."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -65,12 +74,8 @@ def _module_errors(model, config, seeds, labels, steps, cfg_scale) -> dict[str, 
         sums[r["name"]] = sums.get(r["name"], 0.0) + float(err.sum())
         counts[r["name"]] = counts.get(r["name"], 0) + err.numel()
 
-    relcache.apply(model, config)
-    try:
-        with relcache.observe(model, record, shadow=True):
-            _sample(model, seeds, labels, steps, cfg_scale)
-    finally:
-        relcache.remove(model)
+    with relcache.cached(model, config), relcache.observe(model, record, shadow=True):
+        _sample(model, seeds, labels, steps, cfg_scale)
     return {name: sums[name] / counts[name] for name in sums}
 
 
@@ -100,12 +105,8 @@ def feature_dynamics(
             entry["ratio"].append(float(ratio.mean()))
         prev[key] = (x, y)
 
-    relcache.apply(model, TaylorSeer(interval=1))
-    try:
-        with relcache.observe(model, record):
-            _sample(model, seeds, labels, steps, cfg_scale)
-    finally:
-        relcache.remove(model)
+    with relcache.cached(model, TaylorSeer(interval=1)), relcache.observe(model, record):
+        _sample(model, seeds, labels, steps, cfg_scale)
     return out
 
 
@@ -128,101 +129,3 @@ def ratio_stability(dynamics: dict[str, dict[str, list[float]]]) -> dict[str, di
         for name, d in dynamics.items()
         if d["ratio"]
     }
-
-
-# --- plots --------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_quality_vs_flops(rows: Sequence[dict], path: Path) -> Path:
-    """FD2FC and PSNR against TFLOPs, one line per method, full compute as a star (Fig. 1d)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    by_method: dict[str, list[dict]] = {}
-    for row in rows:
-        by_method.setdefault(row["method"], []).append(row)
-    for color, (method, group) in enumerate(by_method.items()):
-        group = sorted(group, key=lambda r: r["tflops"])
-        xs = [r["tflops"] for r in group]
-        for ax, key in zip(axes, ("fd2fc", "psnr"), strict=True):
-            pts = [(x, r[key]) for x, r in zip(xs, group, strict=True) if _finite(r.get(key))]
-            if not pts:
-                continue
-            style = "*" if method == "full" else "o-"
-            ax.plot(
-                *zip(*pts, strict=True), style, color=f"C{color % 10}", label=group[0]["family"]
-            )
-    for ax, name in zip(axes, ("FD2FC (lower is better)", "PSNR vs full compute, dB"), strict=True):
-        ax.set_xlabel("TFLOPs per image")
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
-        ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_prediction_errors(errors: dict[str, dict[str, float]], path: Path, title: str) -> Path:
-    """Per-module relative L1 prediction error, one line per method (Fig. 1c)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(10, 4))
-    for label, per_module in errors.items():
-        names = list(per_module)
-        ax.plot(range(len(names)), [per_module[n] for n in names], "o-", label=label, markersize=3)
-    if errors:
-        names = list(next(iter(errors.values())))
-        step = max(1, len(names) // 16)
-        ax.set_xticks(range(0, len(names), step))
-        ax.set_xticklabels(names[::step], rotation=60, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("relative L1 error of the prediction")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_feature_dynamics(
-    dynamics: dict[str, dict[str, list[float]]], modules: Sequence[str], path: Path
-) -> Path:
-    """||dO||, ||dI|| and s = ||dO|| / ||dI|| per step for a few modules (Fig. 1a-b)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for name in modules:
-        d = dynamics[name]
-        steps = range(1, len(d["ratio"]) + 1)
-        for ax, key in zip(axes, ("d_out", "d_in", "ratio"), strict=True):
-            ax.plot(steps, d[key], label=name)
-    titles = (
-        "output change ||O(i)-O(i-1)||",
-        "input change ||I(i)-I(i-1)||",
-        "s = ||dO|| / ||dI||",
-    )
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_xlabel("step i")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[1].set_yscale("log")
-    axes[2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)

@@ -1,34 +1,160 @@
-"""Matching methods to a full-step budget: fixed-schedule intervals and per-image FLOPs."""
+"""From (method name, NFC budget) to a config: the bench's methods, intervals and calibration.
+
+Fixed-schedule methods take the interval whose NFC is closest to the budget (``interval_for_nfc``
+of the methods' schedulers; ties go to the smallest N); RCS methods take the threshold whose mean
+NFC matches it, bisected on a subset (the paper's protocol, §3) and, as an option, confirmed on
+the whole set.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from relcache.caching.methods import CacheMethod, fixed_schedule
-from relcache.flops import StepCosts, step_costs
+from relcache.caching.methods import (
+    FORA,
+    RFC,
+    CacheMethod,
+    MethodEntry,
+    TaylorSeer,
+    interval_for_nfc,
+    parse_method,
+)
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "TAU_RANGE",
+    "WARMUP",
+    "BenchMethod",
+    "analysis_configs",
+    "bench_method",
+    "calibrate_threshold",
+    "config_for_budget",
+    "confirm_threshold",
+    "interval_for_nfc",
+]
+
+WARMUP = 2  # DiT's official warmup; every bench method uses it
+TAU_RANGE = (1e-3, 10.0)  # where the threshold search starts
+# the paper's comparison: FORA, TaylorSeer and RFC at m = 1, 2, and its ablations at m = 1
+DEFAULT_METHODS = ("fora", "taylorseer1", "taylorseer2", "rfc1", "rfc2", "rfe1", "rcs1")
 
 
-def interval_for_nfc(target: float, steps: int, warmup: int = 2) -> int:
-    """The fixed-schedule interval N whose NFC is closest to ``target``.
+@dataclass(frozen=True)
+class BenchMethod:
+    """A bench method name (``"rfc2"``): its registry entry and the knobs the name implies."""
 
-    Ties go to the smallest N, as in the paper's table (NFC 8 at 50 steps is N = 7, not 8).
+    name: str
+    entry: MethodEntry
+    knobs: dict
+
+    @property
+    def adaptive(self) -> bool:
+        """RCS: calibrate a threshold to the budget; else a fixed interval."""
+        return self.entry.adaptive
+
+    @property
+    def family(self) -> str:
+        """Legend label across budgets, e.g. "TaylorSeer m=2"."""
+        if "order" not in self.entry.knobs:
+            return self.entry.label
+        return f"{self.entry.label} m={self.entry.example(**self.knobs).order}"
+
+
+def bench_method(name: str) -> BenchMethod:
+    """The bench method ``name`` (registry name, optional trailing order; ValueError lists all)."""
+    entry, knobs = parse_method(name)
+    return BenchMethod(name, entry, {**knobs, "warmup": WARMUP})
+
+
+def calibrate_threshold(
+    measure: Callable[[float], float],
+    target_nfc: float,
+    *,
+    low: float = TAU_RANGE[0],
+    high: float = TAU_RANGE[1],
+    tolerance: float = 0.25,
+    max_iter: int = 14,
+) -> tuple[float, float]:
+    """Bisect tau in log space; NFC does not increase with tau. Returns (tau, its NFC).
+
+    ``measure(tau)`` runs the method and returns the mean NFC. Stops once within
+    ``tolerance`` of the target, else returns the closest threshold seen.
     """
-    return min(
-        range(1, steps + 1), key=lambda n: (abs(len(fixed_schedule(steps, n, warmup)) - target), n)
-    )
+    if target_nfc <= 0:
+        raise ValueError(f"target NFC must be positive, got {target_nfc}")
+    best: tuple[float, float] | None = None
+    lo, hi = math.log(low), math.log(high)
+    for _ in range(max_iter):
+        tau = math.exp((lo + hi) / 2)
+        nfc = measure(tau)
+        if best is None or abs(nfc - target_nfc) < abs(best[1] - target_nfc):
+            best = (tau, nfc)
+        if abs(nfc - target_nfc) <= tolerance:
+            break
+        if nfc > target_nfc:
+            lo = math.log(tau)  # too many full steps: raise the threshold
+        else:
+            hi = math.log(tau)
+    assert best is not None
+    return best
 
 
-def method_costs(model: nn.Module, config: CacheMethod | None, batch: int = 2) -> StepCosts:
-    """Full and cached step FLOPs of ``model`` for one CFG image, counted on the meta device."""
-    from relcache.models import create_dit
+def confirm_threshold(
+    tau: float,
+    target_nfc: float,
+    measure: Callable[[float], float],
+    *,
+    rounds: int = 4,
+    tolerance: float = 0.5,
+) -> tuple[float, float]:
+    """Re-measure ``tau`` (on the whole set), scaling it by (NFC / target)^2 until the NFC is
+    within ``tolerance``; returns the last tau measured and its NFC (at most ``rounds`` runs)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for i in range(rounds):
+        nfc = measure(tau)
+        if abs(nfc - target_nfc) <= tolerance or i == rounds - 1:
+            break
+        tau *= (nfc / target_nfc) ** 2
+    return tau, nfc
 
-    with torch.device("meta"):
-        probe = create_dit(model.config)
-    c = model.config
-    x = torch.empty(batch, c.in_channels, c.input_size, c.input_size, device="meta")
-    t, y = torch.zeros(batch, device="meta"), torch.zeros(batch, dtype=torch.long, device="meta")
-    tokens = (c.input_size // c.patch_size) ** 2
-    return step_costs(
-        probe, config, lambda i: probe(x, t, y), "blocks.*", (batch, tokens, c.hidden_size)
-    )
+
+def config_for_budget(
+    name: str,
+    budget: int,
+    steps: int,
+    measure_nfc: Callable[[CacheMethod], float],
+    *,
+    bracket: tuple[float, float] = TAU_RANGE,
+    confirm_nfc: Callable[[CacheMethod], float] | None = None,
+) -> tuple[CacheMethod, dict]:
+    """Bench method ``name`` at ``budget``, and how it was chosen (interval or threshold).
+
+    The registry's ``for_nfc`` picks the interval; for RCS methods this module's calibration
+    finds the threshold: ``measure_nfc(config)`` gives the mean NFC on the calibration subset,
+    ``confirm_nfc`` (optional) on the whole set, to nudge it (see ``confirm_threshold``).
+    """
+    spec = bench_method(name)
+
+    def calibrate(make: Callable[[float], CacheMethod], target: float) -> tuple[float, dict]:
+        tau, cal_nfc = calibrate_threshold(
+            lambda t: measure_nfc(make(t)), target, low=bracket[0], high=bracket[1]
+        )
+        if confirm_nfc is not None:
+            tau, _ = confirm_threshold(tau, target, lambda t: confirm_nfc(make(t)))
+        return tau, {"calibration_nfc": cal_nfc}
+
+    return spec.entry.for_nfc(budget, steps, calibrate=calibrate, **spec.knobs)
+
+
+def analysis_configs(budget: int, steps: int, tau: float) -> tuple[int, dict[str, CacheMethod]]:
+    """The prediction-error analysis' methods at ``budget`` (m = 2; RFC at threshold ``tau``)."""
+    n = interval_for_nfc(budget, steps, WARMUP)
+    return n, {
+        f"FORA N={n}": FORA(interval=n),
+        f"TaylorSeer N={n} m=2": TaylorSeer(interval=n, order=2),
+        f"+RFE N={n} m=2": RFC(order=2, rcs=False, interval=n),
+        f"RFC m=2 tau={tau:.3g}": RFC(order=2, threshold=tau),
+    }

@@ -1,20 +1,31 @@
-"""``relcache demo``: full compute, FORA, TaylorSeer and RFC at matched budgets (shipped model)."""
+"""``relcache demo``: a small preset of the bench (FORA, TaylorSeer m=2, RFC m=2 at two budgets).
+
+It shares the bench's run code, budgets and calibration, row builder and quality stage; what is
+its own: the shipped model's defaults, RFC thresholds confirmed on the whole sample set, the
+demo's row columns, and its outputs (table.json, grid.png).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from relcache.caching.methods import FORA, RFC, TaylorSeer
-from relcache.evaluation.budgets import interval_for_nfc, method_costs
-from relcache.evaluation.calibrate import calibrate_threshold
-from relcache.evaluation.quality import Quality
-from relcache.evaluation.runner import Generation, run_method
+from relcache.caching.methods import CacheMethod
+from relcache.evaluation.budgets import bench_method, config_for_budget
+from relcache.evaluation.plots import save_grid
+from relcache.evaluation.rows import RowBuilder
+from relcache.evaluation.runner import Generation, run_method, sample_set
+
+DEMO_METHODS = {"fora": "fora", "taylorseer2": "taylorseer", "rfc2": "rfc"}  # bench -> demo name
+DEMO_COLUMNS = (
+    "method", "label", "target_nfc", "nfc", "tflops", "seconds", "flops_speedup", "wall_speedup",
+    "peak_cache_mb", "psnr", "ssim", "fd2fc", "fd", "class_accuracy", "threshold",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -40,91 +51,79 @@ class DemoSettings:
             if not 2 < b <= self.steps:
                 raise ValueError(f"budget NFC {b} must lie in (2, {self.steps}] (warmup is 2)")
 
+    def run_kwargs(self) -> dict:
+        """Keyword arguments of ``run_method`` for a run over the sample set."""
+        return dict(
+            steps=self.steps,
+            cfg_scale=self.cfg_scale,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
 
-def calibrated_rfc(
+
+def run_at_budget(
     model: nn.Module,
-    target: float,
+    name: str,
+    budget: int,
     s: DemoSettings,
-    seeds,
-    labels,
-    make: Callable[[float], RFC] | None = None,
-) -> tuple[RFC, Generation]:
-    """RFC whose mean NFC on the demo set is within 0.5 of ``target`` (bisection on tau)."""
-    make = make or (lambda tau: RFC(order=2, threshold=tau))
-    n_cal = min(s.calibration_samples, len(seeds))
+    seeds: Sequence[int],
+    labels: torch.Tensor,
+) -> tuple[CacheMethod, Generation]:
+    """Bench method ``name`` at ``budget`` and its run over all samples; an RCS threshold is
+    bisected on the first ``calibration_samples`` samples, then confirmed on all of them."""
+    n_cal, kw = min(s.calibration_samples, len(seeds)), s.run_kwargs()
+    runs: dict[str, Generation] = {}
 
-    def measure(tau: float) -> float:
-        gen = run_method(
-            model,
-            make(tau),
-            seeds[:n_cal],
-            labels[:n_cal],
-            steps=s.steps,
-            cfg_scale=s.cfg_scale,
-            batch_size=s.batch_size,
-            progress=False,
+    def measure(config: CacheMethod) -> float:
+        subset = run_method(
+            model, config, seeds[:n_cal], labels[:n_cal], **{**kw, "progress": False}
         )
-        return float(gen.nfc_per_image.mean())
+        return subset.mean_nfc
 
-    tau, _ = calibrate_threshold(measure, target)
-    for _ in range(4):  # confirm on the whole set; nudge tau if the subset misled us
-        gen = run_method(
-            model,
-            make(tau),
-            seeds,
-            labels,
-            steps=s.steps,
-            cfg_scale=s.cfg_scale,
-            batch_size=s.batch_size,
-            progress=s.progress,
-            desc=f"RFC@{target}",
-        )
-        nfc = float(gen.nfc_per_image.mean())
-        if abs(nfc - target) <= 0.5:
-            break
-        tau *= (nfc / target) ** 2
-    return make(tau), gen
+    def confirm(config: CacheMethod) -> float:
+        runs[repr(config)] = run_method(model, config, seeds, labels, **kw, desc=f"RFC@{budget}")
+        return runs[repr(config)].mean_nfc
+
+    config, _ = config_for_budget(name, budget, s.steps, measure, confirm_nfc=confirm)
+    if repr(config) not in runs:
+        runs[repr(config)] = run_method(model, config, seeds, labels, **kw, desc=config.describe())
+    return config, runs[repr(config)]
 
 
 def run_demo(model: nn.Module, classifier: nn.Module, s: DemoSettings) -> list[dict]:
     """Run every method at every budget; write table.json and grid.png into ``s.out``."""
-    seeds = [s.seed + i for i in range(s.samples)]
-    labels = torch.arange(s.samples) % model.config.num_classes
-    kw = dict(steps=s.steps, cfg_scale=s.cfg_scale, batch_size=s.batch_size, progress=s.progress)
-    ref = run_method(model, None, seeds, labels, desc="full compute", **kw)
-    full_costs = method_costs(model, None)
-    quality = Quality(ref, labels, classifier)
-    full_tflops = full_costs.total(s.steps, s.steps) / 1e12
-
-    def row(method: str, label: str, target: float, gen: Generation, config) -> dict:
-        nfc = float(gen.nfc_per_image.mean())
-        tflops = method_costs(model, config).total(s.steps, nfc) / 1e12 if config else full_tflops
-        return {
-            "method": method, "label": label, "target_nfc": target, "nfc": nfc,
-            "tflops": tflops, "seconds": gen.seconds, "flops_speedup": full_tflops / tflops,
-            "wall_speedup": ref.seconds / gen.seconds,
-            "peak_cache_mb": gen.peak_cache_bytes / 2**20, **quality(gen.images),
-        }  # fmt: skip
-
-    rows, grid = [row("full", "full compute", s.steps, ref, None)], [("full", ref)]
+    seeds, labels = sample_set(s.seed, s.samples, model.config.num_classes)
+    ref = run_method(model, None, seeds, labels, desc="full compute", **s.run_kwargs())
+    make_row = RowBuilder(model, ref, labels, classifier, s.steps)
+    rows = [make_row("full", "full compute", "full compute", s.steps, s.steps, None, ref)]
+    grid = [("full", ref.images)]
     for budget in s.budgets:
-        n = interval_for_nfc(budget, s.steps)
-        for config in (FORA(interval=n), TaylorSeer(interval=n, order=2)):
-            gen = run_method(model, config, seeds, labels, desc=config.describe(), **kw)
-            target = len(config.schedule(s.steps))
-            rows.append(row(config.name, config.describe(), target, gen, config))
-            grid.append((config.describe(), gen))
-        config, gen = calibrated_rfc(model, budget, s, seeds, labels)
-        label = f"RFC m=2 tau={config.threshold:.3g}"
-        rows.append({**row("rfc", label, budget, gen, config), "threshold": config.threshold})
-        grid.append((f"RFC m=2 NFC {rows[-1]['nfc']:.1f}", gen))
-    _write_outputs(s.out, rows, grid)
+        for name in DEMO_METHODS:
+            config, gen = run_at_budget(model, name, budget, s, seeds, labels)
+            row, grid_label = _method_row(make_row, name, budget, config, gen, s.steps)
+            rows.append(row)
+            grid.append((grid_label, gen.images))
+    rows = [{k: row[k] for k in DEMO_COLUMNS if k in row} for row in rows]
+    write_demo_outputs(s.out, rows, grid)
     return rows
 
 
-def _write_outputs(out: Path, rows: list[dict], grid: list[tuple[str, Generation]]) -> None:
-    from relcache.evaluation.report import save_grid
+def _method_row(make_row: RowBuilder, name: str, budget: int, config: CacheMethod,
+                gen: Generation, steps: int) -> tuple[dict, str]:  # fmt: skip
+    """A method's row (RCS: with its threshold; fixed: its own NFC as target) and grid label."""
+    spec, short = bench_method(name), DEMO_METHODS[name]
+    if not spec.adaptive:
+        label = config.describe()
+        return make_row(
+            short, short, label, budget, len(config.schedule(steps)), config, gen
+        ), label
+    label = f"{spec.family} tau={config.threshold:.3g}"
+    row = make_row(short, short, label, budget, budget, config, gen)
+    return {**row, "threshold": config.threshold}, f"{spec.family} NFC {row['nfc']:.1f}"
 
+
+def write_demo_outputs(out: Path, rows: list[dict], grid: list[tuple[str, torch.Tensor]]) -> None:
+    """table.json (the rows) and grid.png (one row of images per method)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(rows, indent=2))
-    save_grid([g.images for _, g in grid], [name for name, _ in grid], out / "grid.png")
+    save_grid([images for _, images in grid], [name for name, _ in grid], out / "grid.png")

@@ -1,4 +1,4 @@
-"""Sharding generation over ``torchrun`` ranks so the result equals a single-process run.
+"""Distribution over ``torchrun`` ranks: sharded generation equal to one process, gathered facts.
 
 Every rank executes the same control flow; only :func:`run_sharded` splits work. Seeds are
 split into whole batches of ``batch_size`` (contiguous, balanced), so each rank's forward batches
@@ -9,6 +9,8 @@ the gathered images are bit-identical to a single-process run on the same device
 from __future__ import annotations
 
 import os
+import platform
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from relcache.caching.methods import CacheMethod
-from relcache.evaluation.runner import Generation, run_method
+from relcache.evaluation.runner import Generation, peak_memory, run_method
 
 
 def init_from_env(device: torch.device) -> bool:
@@ -94,12 +96,13 @@ def run_sharded(
     labels: torch.Tensor,
     *,
     batch_size: int,
+    progress: bool = False,
     **kwargs: object,
 ) -> Generation:
     """:func:`runner.run_method` over this rank's shard, gathered on every rank in seed order.
 
     ``seconds`` is the sum over ranks (compute time, comparable to one process);
-    ``peak_cache_bytes`` the maximum over ranks.
+    ``peak_cache_bytes`` the maximum over ranks; only rank 0 shows progress.
     """
     rank, world = rank_and_world()
     idx = shard(len(seeds), batch_size, rank, world)
@@ -110,6 +113,7 @@ def run_sharded(
             list(seeds[idx.start : idx.stop]),
             labels[idx.start : idx.stop],
             batch_size=batch_size,
+            progress=progress and is_main(),
             **kwargs,
         )
     else:
@@ -124,4 +128,25 @@ def run_sharded(
         torch.cat([p.nfc_per_image for p in parts]),
         sum(p.seconds for p in parts),
         max(p.peak_cache_bytes for p in parts),
+    )
+
+
+def peak_memory_over_ranks(device: torch.device) -> dict:
+    """Peak resident memory and GPU memory in MiB, the maximum over ranks (GPU None on CPU)."""
+    peaks = gather(peak_memory(device))
+    gpu = peaks[0][1] is not None
+    return {
+        "peak_rss_mb": max(p[0] for p in peaks),
+        "peak_gpu_mb": max(p[1] for p in peaks) if gpu else None,
+    }
+
+
+def hardware_summary(device: torch.device) -> str:
+    """CPU/GPU, threads and world size, in one line."""
+    rank, world = rank_and_world()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return (
+        f"{device.type} ({name or platform.machine()}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads per process, {world} process(es), "
+        f"Python {sys.version.split()[0]}"
     )

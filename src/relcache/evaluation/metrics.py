@@ -2,7 +2,7 @@
 
 Images are float tensors (N, 1, 28, 28) in [-1, 1] (uint8 (N, 28, 28) is converted with
 ``relcache.data.to_model_range``). Features come from the project's Fashion-MNIST classifier
-(``relcache.evaluation.classifier``), whose 128-d penultimate layer replaces Inception's pool3:
+(``relcache.shipped.classifier``), whose 128-d penultimate layer replaces Inception's pool3:
 
 - FD2FC  (``fd_to_reference``): Frechet distance between the features of cached samples and of the
   full-compute samples drawn from the same noise, i.e. how far caching moves the distribution.
@@ -12,7 +12,6 @@ Images are float tensors (N, 1, 28, 28) in [-1, 1] (uint8 (N, 28, 28) is convert
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from torchmetrics.functional.image import (
 )
 
 from relcache.data.fashion_mnist import to_model_range
+from relcache.shipped.loading import asset_path
 
 DATA_RANGE = 2.0  # images live in [-1, 1]
 TEST_STATS_NAME = "fashion_mnist_test_stats.npz"
@@ -153,11 +153,7 @@ def _psd_sqrt(s: np.ndarray) -> np.ndarray:
 
 def load_test_stats(path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Shipped Fashion-MNIST test-set feature statistics ``(mu (128,), sigma (128, 128))``."""
-    if path is None:
-        resource = importlib.resources.files("relcache") / "assets" / TEST_STATS_NAME
-        with importlib.resources.as_file(resource) as p, np.load(p) as data:
-            return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-    with np.load(path) as data:
+    with np.load(asset_path(TEST_STATS_NAME) if path is None else path) as data:
         return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
 
 

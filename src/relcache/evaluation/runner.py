@@ -1,7 +1,8 @@
-"""Run one caching method over a fixed set of (seed, class) pairs and record what it cost."""
+"""Running one method over a fixed sample set: noise per seed, timing, NFC and memory."""
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 import relcache
 from relcache.caching.methods import CacheMethod
-from relcache.sampling.ddim import cfg_model_fn, ddim_sample, ddim_schedule
+from relcache.sampling.ddim import denoise
 
 
 @dataclass
@@ -23,6 +24,11 @@ class Generation:
     nfc_per_image: torch.Tensor  # (N,) mean NFC of each image's cond and uncond rows
     seconds: float
     peak_cache_bytes: int
+
+    @property
+    def mean_nfc(self) -> float:
+        """NFC averaged over images."""
+        return float(self.nfc_per_image.mean())
 
 
 class Stopwatch:
@@ -49,6 +55,11 @@ class Stopwatch:
             self.seconds = time.perf_counter() - self._t0
 
 
+def sample_set(seed: int, samples: int, num_classes: int) -> tuple[list[int], torch.Tensor]:
+    """The evaluation set: image i has noise seed ``seed + i`` and class ``i % num_classes``."""
+    return [seed + i for i in range(samples)], torch.arange(samples) % num_classes
+
+
 def per_sample_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
     """x_T for each seed, drawn on the CPU: a sample does not depend on its batch. (N, *shape)"""
     return torch.stack(
@@ -63,17 +74,22 @@ def sample_batch(
     *,
     steps: int,
     cfg_scale: float,
-    guidance_channels: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """DDIM with batched CFG from ``noise`` (N, C, H, W); returns x_0 (N, C, H, W)."""
+    """DDIM with batched CFG (always, even at scale 1) from ``noise`` (N, C, H, W); x_0 on CPU."""
     dev = next(model.parameters()).device
-    y = labels.to(dev)
-    z = torch.cat([noise, noise]).to(dev)  # (2N, C, H, W): cond rows, then null-class rows
-    fn = cfg_model_fn(model, y, cfg_scale, guidance_channels)
-    with torch.no_grad():
-        x = ddim_sample(lambda x, t: fn(x, t).float(), z, ddim_schedule(steps), progress=progress)
-    return x[: len(labels)].cpu()
+    x = denoise(
+        model, noise.to(dev), labels.to(dev), steps=steps, cfg_scale=cfg_scale, guided=True,
+        progress=progress,
+    )  # fmt: skip
+    return x.cpu()  # (N, C, H, W)
+
+
+def warm_up(model: nn.Module, cfg_scale: float) -> None:
+    """One 3-step generation, so first-call overheads (allocator, kernels) stay out of timings."""
+    c = model.config
+    noise = torch.zeros(1, c.in_channels, c.input_size, c.input_size)
+    sample_batch(model, noise, torch.zeros(1, dtype=torch.long), steps=3, cfg_scale=cfg_scale)
 
 
 def run_method(
@@ -92,34 +108,22 @@ def run_method(
     cfg = model.config
     noise = per_sample_noise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size))
     images, nfc, peak, seconds = [], [], 0, 0.0
-    if config is not None:
-        relcache.apply(model, config)
-    try:
-        starts = range(0, len(seeds), batch_size)
-        bar = tqdm(total=len(seeds), desc=desc or "sampling", unit="img", disable=not progress)
-        for s in starts:
+    bar = tqdm(total=len(seeds), desc=desc or "sampling", unit="img", disable=not progress)
+    with relcache.cached(model, config):
+        for s in range(0, len(seeds), batch_size):
             n = len(seeds[s : s + batch_size])
             with Stopwatch(next(model.parameters()).device) as watch:
                 if config is not None:
                     relcache.reset(model)
                 images.append(
-                    sample_batch(
-                        model,
-                        noise[s : s + n],
-                        labels[s : s + n],
-                        steps=steps,
-                        cfg_scale=cfg_scale,
-                        progress=progress,
-                    )
-                )
+                    sample_batch(model, noise[s : s + n], labels[s : s + n], steps=steps,
+                                 cfg_scale=cfg_scale, progress=progress)
+                )  # fmt: skip
             seconds += watch.seconds
             nfc.append(_image_nfc(model, config, n, steps))
             peak = max(peak, relcache.stats(model).peak_cache_bytes if config else 0)
             bar.update(n)
-        bar.close()
-    finally:
-        if config is not None:
-            relcache.remove(model)
+    bar.close()
     return Generation(torch.cat(images), torch.cat(nfc), seconds, peak)
 
 
@@ -129,3 +133,16 @@ def _image_nfc(model: nn.Module, config: CacheMethod | None, n: int, steps: int)
         return torch.full((n,), float(steps))
     rows = torch.tensor(relcache.stats(model).nfc_per_sample["call0"])  # (2n,)
     return (rows[:n] + rows[n:]) / 2
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window on a GPU (process RSS has no reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[float, float | None]:
+    """This process's peak resident memory and peak GPU memory (None on CPU), in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return rss, gpu

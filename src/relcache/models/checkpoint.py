@@ -188,18 +188,16 @@ def save_dit_weights(model: DiT, path: str | os.PathLike[str]) -> None:
 
 
 def load_dit_weights(
-    path: str | os.PathLike[str],
-    model: DiT | None = None,
-    *,
-    device: str | torch.device | None = None,
+    path: str | os.PathLike[str], *, device: str | torch.device | None = None
 ) -> DiT:
-    """Load weights into ``model`` (or one built from the file's config); returns it in eval."""
-    if model is None:
-        config = _stored_config(path)
-        if config is None:
-            config = infer_dit_config(read_state_dict(path))
-        model = DiT(config)
-    load_dit_checkpoint(model, path)
+    """A DiT built from the file's stored (or inferred) config with its weights, in eval mode.
+
+    To load into a model you built, use ``load_dit_checkpoint(model, path)``.
+    """
+    config = _stored_config(path)
+    if config is None:
+        config = infer_dit_config(read_state_dict(path))
+    model = load_dit_checkpoint(DiT(config), path)
     if device is not None:
         model = model.to(device)
     return model.eval()

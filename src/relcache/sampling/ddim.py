@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from relcache.api import at_step
 
 __all__ = [
     "DDIMSchedule",
@@ -22,6 +26,7 @@ __all__ = [
     "conditional_model_fn",
     "ddim_sample",
     "ddim_schedule",
+    "denoise",
     "generate",
     "linear_beta_schedule",
     "respace_betas",
@@ -129,16 +134,23 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
+    step_context: Callable[[int], AbstractContextManager] | None = None,
 ) -> torch.Tensor:
-    """DDIM (Song et al., 2021, Eq. 12) from ``noise`` at t_max to x_0, as ADM's ``ddim_sample``."""
+    """DDIM (Song et al., 2021, Eq. 12) from ``noise`` at t_max to x_0, as ADM's ``ddim_sample``.
+
+    ``step_context(i)`` wraps the model call of step i (``relcache.at_step``: the cache is told
+    the step instead of reading the timestep). No value is read back from the device.
+    """
     x = noise
     c = noise.shape[1]
     abar_all = schedule.alphas_cumprod.tolist()
     abar_prev_all = schedule.alphas_cumprod_prev.tolist()
+    timesteps = schedule.timesteps.to(x.device)  # (S,) one copy, not one per step
     indices = range(len(schedule) - 1, -1, -1)
     for i, index in enumerate(_progress(indices, progress)):
-        t = schedule.timesteps[index].to(x.device).expand(x.shape[0])  # (N,)
-        out = model_fn(x, t)  # (N, C', H, W)
+        t = timesteps[index].expand(x.shape[0])  # (N,)
+        with step_context(i) if step_context is not None else nullcontext():
+            out = model_fn(x, t)  # (N, C', H, W)
         model_eps = out[:, :c].to(x.dtype)  # (N, C, H, W)
         abar, abar_prev = abar_all[index], abar_prev_all[index]
         # ADM goes eps -> x0 -> eps with float32 coefficients; kept for numerical parity.
@@ -171,7 +183,7 @@ def ddim_sample(
 
 def _f32(value: float) -> float:
     """Round a Python float to float32 (ADM extracts its float64 schedule arrays as float32)."""
-    return torch.tensor(value, dtype=torch.float32).item()
+    return float(np.float32(value))
 
 
 def _progress(iterable: Sequence[int], enabled: bool) -> Sequence[int]:
@@ -273,6 +285,47 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def denoise(
+    model: nn.Module,
+    noise: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int | str,
+    cfg_scale: float,
+    guided: bool,
+    guidance_channels: int | None = None,
+    sequential_cfg: bool = False,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """DDIM from x_T = ``noise`` (N, C, H, W) to x_0 (N, C, H, W), with CFG iff ``guided``."""
+    if guided:
+        wrap = sequential_cfg_model_fn if sequential_cfg else cfg_model_fn
+        model_fn = wrap(model, y, cfg_scale, guidance_channels)
+        noise = torch.cat([noise, noise], dim=0)  # (2N, C, H, W): cond rows, then null rows
+    else:
+        model_fn = conditional_model_fn(model, y)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = ddim_sample(
+                lambda x, t: model_fn(x, t).float(),
+                noise,
+                ddim_schedule(steps),
+                eta=eta,
+                generator=generator,
+                progress=progress,
+                callback=callback,
+                step_context=lambda i: at_step(model, i),
+            )  # (2N or N, C, H, W)
+    finally:
+        model.train(was_training)
+    return x[: len(y)]  # (N, C, H, W)
+
+
 def generate(
     model: nn.Module,
     class_labels: torch.Tensor | Sequence[int],
@@ -305,26 +358,17 @@ def generate(
     shape = (len(y), cfg.in_channels, cfg.input_size, cfg.input_size)
     # Noise is drawn on the CPU so a seed gives the same images on every device.
     z = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)  # (N, C, H, W)
-    use_cfg = cfg_scale != 1.0
-    if use_cfg:
-        wrap = sequential_cfg_model_fn if sequential_cfg else cfg_model_fn
-        model_fn = wrap(model, y, cfg_scale, guidance_channels)
-        z = torch.cat([z, z], dim=0)  # (2N, C, H, W)
-    else:
-        model_fn = conditional_model_fn(model, y)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            x = ddim_sample(
-                lambda x, t: model_fn(x, t).float(),
-                z,
-                ddim_schedule(steps),
-                eta=eta,
-                generator=generator,
-                progress=progress,
-                callback=callback,
-            )  # (2N or N, C, H, W)
-    finally:
-        model.train(was_training)
-    return x[: len(y)]  # (N, C, H, W)
+    return denoise(
+        model,
+        z,
+        y,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        guided=cfg_scale != 1.0,
+        guidance_channels=guidance_channels,
+        sequential_cfg=sequential_cfg,
+        eta=eta,
+        generator=generator,
+        progress=progress,
+        callback=callback,
+    )  # (N, C, H, W)

@@ -60,6 +60,17 @@ class MethodEntry:
             )
         return self.build(**{k: v for k, v in values.items() if v is not None})
 
+    def example(self, **values: object) -> CacheMethod:
+        """A valid config with these knobs and placeholders for the schedule's (inspection,
+        FLOPs: a step's cost does not depend on the interval or the threshold)."""
+        if self.adaptive:
+            placeholder = {"threshold": 1.0}
+        elif "interval" in self.knobs and values.get("full_steps") is None:
+            placeholder = {"interval": 4}
+        else:
+            placeholder = {}
+        return self.make(**{**placeholder, **values})
+
     def for_nfc(
         self,
         target: float,
@@ -79,8 +90,8 @@ class MethodEntry:
                 f"{steps} (or raise the step count)"
             )
         if not self.adaptive:
-            probe = self.make(**values, interval=1)  # the method's own warmup default
-            n = interval_for_nfc(target, steps, probe.warmup)  # type: ignore[attr-defined]
+            warmup = self.example(**values).warmup  # type: ignore[attr-defined]
+            n = interval_for_nfc(target, steps, warmup)
             return self.make(**values, interval=n), {"interval": n}
         if calibrate is None:
             raise ValueError(

@@ -51,7 +51,8 @@ class RFC(CacheMethod):
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise ValueError(
                 f"RFC(rcs=True) needs a threshold > 0, got {t!r}; pass e.g. threshold=0.5, or "
-                "let relcache.calibrate_threshold find the one matching a target NFC"
+                "find the one matching a target NFC with "
+                "relcache.METHODS['rfc'].for_nfc(nfc, steps, calibrate=...) (the bench does)"
             )
         if self.interval is not None or self.full_steps is not None:
             raise ValueError(

@@ -1,26 +1,22 @@
-"""A small Fashion-MNIST CNN whose 128-d penultimate layer is the feature space for FD metrics.
+"""The Fashion-MNIST feature classifier: its definition and training (the FD feature space).
 
 No Inception weights are available offline, so the project trains this network itself
 (``scripts/train_classifier.py``) and ships the weights as
-``relcache/assets/classifier.safetensors``.
+``relcache/assets/classifier.safetensors`` (loaded with ``relcache.shipped.load_classifier``).
 """
 
 from __future__ import annotations
 
-import importlib.resources
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 FEATURE_DIM = 128
 NUM_CLASSES = 10
-ASSET_NAME = "classifier.safetensors"
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -56,31 +52,6 @@ class FashionClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, 28, 28) in [-1, 1] -> (N, 10) logits."""
         return self.head(self.dropout(self.features(x)))  # (N, 10)
-
-
-def default_weights_path():
-    """The shipped weights, as an ``importlib.resources`` traversable."""
-    return importlib.resources.files("relcache") / "assets" / ASSET_NAME
-
-
-def load_classifier(path: str | Path | None = None) -> FashionClassifier:
-    """Load weights (default: the shipped asset) into a ``FashionClassifier`` in eval mode."""
-    model = FashionClassifier()
-    if path is None:
-        with importlib.resources.as_file(default_weights_path()) as p:
-            state = load_file(str(p))
-    else:
-        state = load_file(str(path))
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def save_classifier(
-    model: FashionClassifier, path: str | Path, metadata: dict[str, str] | None = None
-) -> None:
-    """Save the state dict as safetensors, with optional string metadata."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:

@@ -1,0 +1,121 @@
+"""The hot path, counted: aten ops that launch a kernel and host syncs per step, inside the
+cached modules and outside them (device-independent measures of launch overhead)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+# ops that allocate or read metadata but launch no kernel
+NO_KERNEL = {
+    aten.empty.memory_format,
+    aten.empty_strided.default,
+    aten.empty_like.default,
+    aten.lift_fresh.default,
+    aten.lift_fresh_copy.default,
+    aten.sym_size.int,
+    aten.sym_stride.int,
+    aten.sym_numel.default,
+    aten.is_same_size.default,
+}
+SYNC = aten._local_scalar_dense.default  # a device -> host read: a sync on a GPU
+
+
+@dataclass
+class StepCount:
+    """Kernel ops and host syncs of one model call, split by where they ran."""
+
+    inside: int = 0  # in the cached modules (their own compute, or the prediction)
+    outside: int = 0  # everything else: model glue and engine bookkeeping
+    syncs: int = 0
+    per_module: Counter = field(default_factory=Counter)
+    ops: Counter = field(default_factory=Counter)  # op name -> count, for diagnosis
+
+    @property
+    def total(self) -> int:
+        """All kernel ops of the call."""
+        return self.inside + self.outside
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts kernel-launching aten ops (views and allocations excluded) and scalar reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = StepCount()
+        self.module: str | None = None  # the cached module currently running, if any
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is SYNC:
+            self.count.syncs += 1
+        elif not func.is_view and func not in NO_KERNEL:
+            self.count.ops[str(func.overloadpacket.__name__)] += 1
+            if self.module is None:
+                self.count.outside += 1
+            else:
+                self.count.inside += 1
+                self.count.per_module[self.module] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def mark_modules(model: nn.Module, names: list[str], counter: OpCounter) -> list:
+    """Forward hooks that tell ``counter`` which cached module is running; returns handles."""
+    modules = dict(model.named_modules())
+    handles = []
+    for name in names:
+
+        def enter(mod, args, name=name):
+            counter.module = name
+
+        def leave(mod, args, out):
+            counter.module = None
+
+        handles += [
+            modules[name].register_forward_pre_hook(enter),
+            modules[name].register_forward_hook(leave),
+        ]
+    return handles
+
+
+def count_calls(
+    model: nn.Module, names: list[str], call: Callable[[int], object], steps: int
+) -> list[StepCount]:
+    """One :class:`StepCount` per call ``call(i)``, i = 0 .. steps-1."""
+    counts = []
+    for i in range(steps):
+        counter = OpCounter()
+        handles = mark_modules(model, names, counter)
+        try:
+            with counter, torch.no_grad():
+                call(i)
+        finally:
+            for h in handles:
+                h.remove()
+        counts.append(counter.count)
+    return counts
+
+
+def time_calls(call: Callable[[int], object], steps: int, device: torch.device) -> list[float]:
+    """Milliseconds of each call ``call(i)`` (CUDA events on a GPU)."""
+    times = []
+    with torch.no_grad():
+        for i in range(steps):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(True)
+                start.record()
+                call(i)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                call(i)
+                times.append((time.perf_counter() - t0) * 1e3)
+    return times

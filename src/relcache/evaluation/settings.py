@@ -1,0 +1,115 @@
+"""Bench settings: validation with fix-it errors, and the command line that reproduces them."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relcache.evaluation.budgets import DEFAULT_METHODS, WARMUP, bench_method
+
+
+def _check_int(flag: str, value: int, minimum: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}; {hint}")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything that defines a bench; the ``RESULT_FIELDS`` define its numbers (resume)."""
+
+    steps: int = 50
+    cfg_scale: float = 3.0
+    samples: int = 1000
+    seed: int = 0
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    budgets: tuple[int, ...] = (14, 11, 10, 8, 7)
+    calibration_samples: int = 32
+    batch_size: int = 64
+    analysis: bool = True
+    analysis_samples: int = 4
+    analysis_budget: int | None = None  # None: the middle budget
+    grid_columns: int = 16
+    out: Path = field(default_factory=lambda: Path("relcache_bench"))
+    cache_dir: Path | None = field(default_factory=lambda: Path.home() / ".cache" / "relcache")
+    resume: bool = False
+    progress: bool = True
+    model_name: str = "shipped DiT-FM"
+    model_args: str = ""  # the model-selecting flags, for the command line in report.md
+
+    RESULT_FIELDS = ("steps", "cfg_scale", "samples", "seed", "calibration_samples", "batch_size")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "budgets", tuple(self.budgets))
+        _check_int("--steps", self.steps, WARMUP + 1, f"RFC needs {WARMUP} warmup steps")
+        _check_int("--samples", self.samples, 2, "FD needs at least 2 images per method")
+        _check_int("--batch-size", self.batch_size, 1, "use 64 on a CPU")
+        _check_int("--calibration-samples", self.calibration_samples, 1, "the default is 32")
+        _check_int("--grid-columns", self.grid_columns, 1, "the default is 16")
+        if self.calibration_samples > self.samples:
+            raise ValueError(
+                f"--calibration-samples {self.calibration_samples} exceeds --samples "
+                f"{self.samples}; calibrate on a subset, e.g. --calibration-samples "
+                f"{min(32, self.samples)}"
+            )
+        self._check_methods_and_budgets()
+        if self.analysis:
+            _check_int("--analysis-samples", self.analysis_samples, 1, "a few (4) are enough")
+            if self.analysis_budget is not None and self.analysis_budget not in self.budgets:
+                raise ValueError(
+                    f"--analysis-budget {self.analysis_budget} is not one of --budgets "
+                    f"{','.join(map(str, self.budgets))}; pick one of them"
+                )
+
+    def _check_methods_and_budgets(self) -> None:
+        """Known method names; budgets between the warmup and the step count."""
+        if not self.methods:
+            raise ValueError(f"--methods is empty; e.g. {','.join(DEFAULT_METHODS)}")
+        for name in self.methods:
+            bench_method(name)  # ValueError naming the registered methods
+        if not self.budgets:
+            raise ValueError("--budgets is empty; pass target NFCs such as 14,11,10,8,7")
+        for b in self.budgets:
+            if isinstance(b, bool) or not isinstance(b, int) or not WARMUP <= b <= self.steps:
+                raise ValueError(
+                    f"budget NFC {b!r} must be an integer in [{WARMUP}, {self.steps}]: at most "
+                    f"--steps, at least the {WARMUP} warmup steps; drop it or raise --steps"
+                )
+
+    @property
+    def fig_budget(self) -> int:
+        """The budget of the prediction-error analysis."""
+        if self.analysis_budget is not None:
+            return self.analysis_budget
+        return sorted(self.budgets)[len(self.budgets) // 2]
+
+    def result_key(self) -> dict:
+        """The settings a finished run's numbers depend on (compared on ``resume``)."""
+        return {k: getattr(self, k) for k in self.RESULT_FIELDS}
+
+    def run_kwargs(self) -> dict:
+        """Keyword arguments of ``run_method`` / ``run_sharded`` for a run over the sample set."""
+        return dict(
+            steps=self.steps,
+            cfg_scale=self.cfg_scale,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+
+    def command(self) -> str:
+        """The explicit ``relcache bench`` command line that reproduces these settings."""
+        parts = ["relcache", "bench", *shlex.split(self.model_args)]
+        parts += ["--steps", str(self.steps), "--cfg-scale", f"{self.cfg_scale:g}"]
+        parts += ["--samples", str(self.samples), "--seed", str(self.seed)]
+        parts += ["--methods", ",".join(self.methods)]
+        parts += ["--budgets", ",".join(map(str, self.budgets))]
+        parts += ["--calibration-samples", str(self.calibration_samples)]
+        parts += ["--batch-size", str(self.batch_size)]
+        if self.analysis:
+            parts += ["--analysis-samples", str(self.analysis_samples)]
+            parts += ["--analysis-budget", str(self.fig_budget)]
+        else:
+            parts.append("--no-analysis")
+        parts += ["--out", str(self.out)]
+        return shlex.join(parts)
