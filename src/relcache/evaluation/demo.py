@@ -19,7 +19,7 @@ from relcache.caching.methods import CacheMethod
 from relcache.evaluation.budgets import bench_method, config_for_budget
 from relcache.evaluation.plots import save_grid
 from relcache.evaluation.rows import RowBuilder
-from relcache.evaluation.runner import Generation, run_method, sample_set
+from relcache.evaluation.runner import Generation, run_method, sample_set, sampling_kwargs
 
 DEMO_METHODS = {"fora": "fora", "taylorseer2": "taylorseer", "rfc2": "rfc"}  # bench -> demo name
 DEMO_COLUMNS = (
@@ -53,12 +53,7 @@ class DemoSettings:
 
     def run_kwargs(self) -> dict:
         """Keyword arguments of ``run_method`` for a run over the sample set."""
-        return dict(
-            steps=self.steps,
-            cfg_scale=self.cfg_scale,
-            batch_size=self.batch_size,
-            progress=self.progress,
-        )
+        return sampling_kwargs(self)
 
 
 def run_at_budget(

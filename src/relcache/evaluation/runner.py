@@ -6,6 +6,7 @@ import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,3 +147,13 @@ def peak_memory(device: torch.device) -> tuple[float, float | None]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return rss, gpu
+
+
+def sampling_kwargs(settings: Any) -> dict:
+    """``run_method`` keywords from any settings with steps / cfg_scale / batch_size / progress."""
+    return dict(
+        steps=settings.steps,
+        cfg_scale=settings.cfg_scale,
+        batch_size=settings.batch_size,
+        progress=settings.progress,
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relcache.evaluation.budgets import DEFAULT_METHODS, WARMUP, bench_method
+from relcache.evaluation.runner import sampling_kwargs
 
 
 def _check_int(flag: str, value: int, minimum: int, hint: str) -> None:
@@ -90,12 +91,7 @@ class BenchSettings:
 
     def run_kwargs(self) -> dict:
         """Keyword arguments of ``run_method`` / ``run_sharded`` for a run over the sample set."""
-        return dict(
-            steps=self.steps,
-            cfg_scale=self.cfg_scale,
-            batch_size=self.batch_size,
-            progress=self.progress,
-        )
+        return sampling_kwargs(self)
 
     def command(self) -> str:
         """The explicit ``relcache bench`` command line that reproduces these settings."""
