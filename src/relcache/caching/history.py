@@ -19,7 +19,8 @@ class History:
     n_full: Tensor | None = None  # (B,) full steps seen per row
     last_full: Tensor | None = None  # (B,) step index of each row's last full step
     full_steps: list[int] = field(default_factory=list)  # steps where any row ran fully
-    _coeff: dict[int, Tensor] = field(default_factory=dict)  # this step's k^r / r!, per order
+    _coeff: dict[tuple, Tensor] = field(default_factory=dict)  # this step's k^r / r!
+    _scale: dict[tuple, tuple] = field(default_factory=dict)  # r and [r < n_full] / r!
 
     def start_rows(self, batch: int, device: torch.device) -> None:
         """First call of the trajectory: no row has a full step yet."""
@@ -38,12 +39,20 @@ class History:
             return gap, self.n_full
         return gap.index_select(0, rows), self.n_full.index_select(0, rows)
 
-    def coefficients(self, order: int) -> Tensor:
-        """Taylor coefficients k^r / r! of this step for orders 0..m, per row (§2). (B, m+1)"""
-        if order not in self._coeff:
-            k = self.step - self.last_full  # (B,)
-            self._coeff[order] = taylor.taylor_coefficients(k, self.n_full, order)
-        return self._coeff[order]
+    def coefficients(self, order: int, dtype: torch.dtype = torch.float64) -> Tensor:
+        """Taylor coefficients k^r / r! of this step for orders 0..m, per row (§2). (B, m+1)
+
+        Computed once per step (4 kernels); the factorials and the per-row order masks only
+        change at full steps, so they are kept until the next one.
+        """
+        key = (order, dtype)
+        if key not in self._coeff:
+            if key not in self._scale:
+                self._scale[key] = taylor.coefficient_scale(self.n_full, order, dtype)
+            exponents, scale = self._scale[key]  # (m+1,), (B, m+1)
+            k = (self.step - self.last_full).to(dtype)  # (B,)
+            self._coeff[key] = k[:, None] ** exponents * scale  # (B, m+1)
+        return self._coeff[key]
 
     def advance(self, rows: Tensor | None, any_full: bool) -> None:
         """End of a step: count the full rows (all when ``rows`` is None) and move on."""
@@ -55,5 +64,6 @@ class History:
                 self.n_full = self.n_full.index_add(0, rows, torch.ones_like(rows))
                 self.last_full = self.last_full.index_fill(0, rows, self.step)
             self.full_steps.append(self.step)
+            self._scale.clear()
         self.step += 1
         self._coeff.clear()

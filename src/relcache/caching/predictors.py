@@ -84,7 +84,8 @@ class TaylorPredictor(Predictor):
 
     def coefficients(self, name: str, history: History, inputs: list[Tensor]) -> list[Tensor]:
         """Per output tensor: the (B, m+1) coefficients of the factors at this step."""
-        return [history.coefficients(self.order)] * len(self.modules[name].factors)
+        factors = self.modules[name].factors
+        return [history.coefficients(self.order, f.dtype) for f in factors]
 
     def predict(self, name, history, inputs) -> list[Tensor]:
         st = self.modules[name]
@@ -100,19 +101,36 @@ class TaylorPredictor(Predictor):
 
 @dataclass
 class RelationalState:
-    """What RFE adds per module: the last full input, s and the increments' Gram (§3)."""
+    """What RFE adds per module: the last full input and the slots of its outputs (§3)."""
 
-    last_input: list[Tensor] = field(default_factory=list)  # I(i) per input tensor
-    ratio: list[Tensor] = field(default_factory=list)  # s per output, (B,), NaN where unusable
-    gram: list[Tensor] = field(default_factory=list)  # <f_r, f_q> per output, (B, m, m)
+    last_input: list[Tensor] = field(default_factory=list)  # I(i) per input tensor, fp32+
+    slots: list[int] = field(default_factory=list)  # per output: its index in the stacks
+
+
+@dataclass
+class StepPlan:
+    """RFE coefficients of one step for every (module, output) slot: c = base + ||dI|| * gain."""
+
+    step: int
+    base: Tensor  # (S, B, m+1): [c_0, 0 ...] where RFE applies, the Taylor c elsewhere
+    gain: Tensor  # (S, B, m+1): [0, s c_1 / ||D||, ...] where RFE applies, 0 elsewhere
 
 
 class RelationalPredictor(TaylorPredictor):
-    """RFE (§3): Taylor direction, magnitude s * ||I - I(i)|| with s = ||dO|| / ||dI||."""
+    """RFE (§3): Taylor direction, magnitude s * ||I - I(i)|| with s = ||dO|| / ||dI||.
+
+    Everything but ||I - I(i)|| is known before the module runs: once per step, for all modules
+    at once, the plan folds s / ||D(k)|| into the coefficients, so a cached module costs one
+    subtraction and one norm of its input change, one ``addcmul`` and one ``bmm``.
+    """
 
     def __init__(self, order: int) -> None:
         super().__init__(order)
         self.relational: dict[str, RelationalState] = {}
+        self.ratios: list[Tensor] = []  # per slot: s, (B,), NaN where unusable
+        self.grams: list[Tensor] = []  # per slot: <f_r, f_q> of r, q >= 1, (B, m, m)
+        self._stacks: tuple[Tensor, Tensor] | None = None  # (S, B), (S, B, m, m)
+        self._plan: StepPlan | None = None
 
     def record(self, name, history, rows, outputs, inputs) -> None:
         olds = self._record_factors(name, history, rows, outputs)
@@ -120,37 +138,57 @@ class RelationalPredictor(TaylorPredictor):
         last = [taylor.select_rows(t, rows) for t in st.last_input] if st.last_input else None
         in_delta = input_change(inputs, last)  # (b,)
         fresh = history.gaps(rows)[1] == 0  # (b,) no earlier full step: no ratio yet
-        ratios, grams = [], []
-        for j, (old, full) in enumerate(zip(olds, self.modules[name].factors, strict=True)):
+        if not st.slots:
+            st.slots = list(range(len(self.ratios), len(self.ratios) + len(outputs)))
+            self.ratios += [None] * len(outputs)
+            self.grams += [None] * len(outputs)
+        for old, full, slot in zip(olds, self.modules[name].factors, st.slots, strict=True):
             new = taylor.select_rows(full, rows)  # (b, N, m+1)
             if old is None:
                 out_delta = torch.full_like(in_delta, float("nan"))
             else:
                 out_delta = rel.row_norm(new[..., 0] - old[..., 0])  # (b,)
             ratio = torch.where(fresh, float("nan"), rel.relational_ratio(out_delta, in_delta))
-            ratios.append(taylor.put_rows(st.ratio[j] if st.ratio else None, ratio, rows))
-            grams.append(
-                taylor.put_rows(st.gram[j] if st.gram else None, rel.increment_gram(new), rows)
-            )
-        st.ratio, st.gram = ratios, grams
+            self.ratios[slot] = taylor.put_rows(self.ratios[slot], ratio, rows)
+            self.grams[slot] = taylor.put_rows(self.grams[slot], rel.increment_gram(new), rows)
         olds_in = st.last_input or [None] * len(inputs)
-        st.last_input = [taylor.put_rows(o, x, rows) for o, x in zip(olds_in, inputs, strict=False)]
+        st.last_input = [
+            taylor.put_rows(o, taylor.accum(x), rows) for o, x in zip(olds_in, inputs, strict=False)
+        ]
+        self._stacks, self._plan = None, None
+
+    def plan(self, history: History, dtype: torch.dtype) -> StepPlan:
+        """This step's coefficients for every slot, in the factors' dtype (computed once, at
+        the step's first cached module)."""
+        if self._plan is None or self._plan.step != history.step:
+            if self._stacks is None:
+                self._stacks = torch.stack(self.ratios).double(), torch.stack(self.grams)
+            ratio, gram = self._stacks
+            coeff = history.coefficients(self.order)  # (B, m+1) fp64
+            base, gain = rel.rfe_plan(coeff, gram, ratio)  # 2 x (S, B, m+1)
+            self._plan = StepPlan(history.step, base.to(dtype), gain.to(dtype))
+        return self._plan
 
     def coefficients(self, name, history, inputs) -> list[Tensor]:
         st = self.relational[name]
-        change = input_change(inputs, st.last_input)  # (B,)
-        coeff = history.coefficients(self.order)  # (B, m+1)
-        pairs = zip(st.gram, st.ratio, strict=True)
-        return [rel.rfe_coefficients(coeff, g, s, change) for g, s in pairs]
+        factors = self.modules[name].factors
+        plan = self.plan(history, factors[0].dtype)
+        change = input_change(inputs, st.last_input)[:, None]  # (B, 1)
+        return [torch.addcmul(plan.base[j], change, plan.gain[j]) for j in st.slots]  # (B, m+1)
 
     def tensors(self) -> list[Tensor]:
-        held = [(*st.last_input, *st.ratio, *st.gram) for st in self.relational.values()]
-        return super().tensors() + [t for group in held for t in group]
+        held = [t for st in self.relational.values() for t in st.last_input]
+        return super().tensors() + held + [t for t in (*self.ratios, *self.grams) if t is not None]
 
 
 def input_change(inputs: list[Tensor], last: list[Tensor] | None) -> Tensor:
     """||I - I(i)||_2 per row over all input tensors together (§3 RFE). (B,)"""
     if not last:
         return torch.zeros(inputs[0].shape[0], device=inputs[0].device)
-    sq = sum(rel.row_norm(taylor.accum(x) - y) ** 2 for x, y in zip(inputs, last, strict=False))
-    return sq.sqrt()
+    norms = [
+        torch.linalg.vector_norm((x - y).reshape(x.shape[0], -1), dim=1)  # (B,) promotes to fp32+
+        for x, y in zip(inputs, last, strict=False)
+    ]
+    if len(norms) == 1:
+        return norms[0]
+    return torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)  # (B,)

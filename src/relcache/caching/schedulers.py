@@ -40,6 +40,14 @@ class Decision:
             return FULL
         return CACHED if n == 0 else Decision(False, mask.nonzero()[:, 0])
 
+    @staticmethod
+    def from_keep(keep: Tensor) -> Decision:
+        """From a (B,) bool mask of the rows that stay cached (one host sync, as ``from_mask``)."""
+        n = int(keep.sum())
+        if n == keep.shape[0]:
+            return CACHED
+        return FULL if n == 0 else Decision(False, (~keep).nonzero()[:, 0])
+
 
 FULL = Decision(True)
 CACHED = Decision(False)
@@ -149,13 +157,19 @@ class RCSSchedule(Scheduler):
         return decision
 
     def _decide(self, history: History, x: Tensor) -> Decision:
-        predicted = taylor.combine(self.factors, history.coefficients(self.order))  # (B, N)
-        error = rel.relative_l1_error(x.reshape(x.shape[0], -1), predicted)  # (B,)
-        self.acc = self.acc + error
-        self.nonfinite = self.nonfinite + ~error.isfinite()  # for stats, read only there
-        mask = ~(self.acc <= self.threshold)  # (B,) a NaN error forces a full step too
-        self.acc = torch.where(mask, 0.0, self.acc)
-        return Decision.from_mask(mask)  # the one host sync RCS needs per step
+        """A = A + ||I0 - I0_hat||_1 / ||I0||_1; rows with A > tau (or A not finite) run fully."""
+        coeff = history.coefficients(self.order)  # (B, m+1), shared with the predictor
+        predicted = taylor.combine(self.factors, coeff)  # (B, N)
+        flat = x.reshape(x.shape[0], -1)  # (B, N)
+        num = torch.cdist(flat[:, None], predicted[:, None], p=1)[:, 0, 0]  # (B,) one kernel
+        den = torch.linalg.vector_norm(flat, ord=1, dim=1)  # (B,)
+        acc = torch.addcdiv(self.acc, num, den)  # (B,)
+        keep = acc <= self.threshold  # (B,) NaN / inf compare False: a full step
+        self.acc = torch.where(keep, acc, 0.0)
+        decision = Decision.from_keep(keep)  # the one host sync RCS needs per step
+        if decision.any_full:  # counted off the cached steps' hot path, read only by stats
+            self.nonfinite = self.nonfinite + ~acc.isfinite()
+        return decision
 
     def report(self) -> dict[str, int]:
         nonfinite = 0 if self.nonfinite is None else int(self.nonfinite.sum())

@@ -47,6 +47,16 @@ def taylor_coefficients(k: Tensor, n_full: Tensor, order: int) -> Tensor:
     return coeff * (r[None, :] < n_full[:, None])
 
 
+def coefficient_scale(n_full: Tensor, order: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The exponents r = 0..m (m+1,) and [r < n_full] / r! per row (B, m+1): orders not yet
+    formed get 0 (§2). Both change only at full steps."""
+    dev = n_full.device
+    inv_fact = torch.tensor([1.0 / math.factorial(i) for i in range(order + 1)], dtype=dtype)
+    r = torch.arange(order + 1, device=dev)  # (m+1,)
+    scale = (r[None, :] < n_full[:, None]) * inv_fact.to(dev)  # (B, m+1)
+    return r.to(dtype), scale
+
+
 def combine(factors: Tensor, coeff: Tensor) -> Tensor:
     """sum_r coeff[b, r] * factors[b, :, r]: one pass, (B, N, m+1), (B, m+1) -> (B, N)."""
     return torch.bmm(factors, coeff.to(factors.dtype)[:, :, None])[..., 0]  # (B, N)

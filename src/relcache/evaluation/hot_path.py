@@ -3,9 +3,10 @@ cached modules and outside them (device-independent measures of launch overhead)
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +26,7 @@ NO_KERNEL = {
     aten.sym_numel.default,
     aten.is_same_size.default,
 }
-SYNC = aten._local_scalar_dense.default  # a device -> host read: a sync on a GPU
+SYNCS = {aten._local_scalar_dense.default, aten.nonzero.default}  # device -> host reads
 
 
 @dataclass
@@ -53,9 +54,13 @@ class OpCounter(TorchDispatchMode):
         self.module: str | None = None  # the cached module currently running, if any
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is SYNC:
+        if func in SYNCS:
             self.count.syncs += 1
-        elif not func.is_view and func not in NO_KERNEL:
+        if (
+            func is not aten._local_scalar_dense.default
+            and not func.is_view
+            and func not in NO_KERNEL
+        ):
             self.count.ops[str(func.overloadpacket.__name__)] += 1
             if self.module is None:
                 self.count.outside += 1
@@ -93,13 +98,30 @@ def count_calls(
         counter = OpCounter()
         handles = mark_modules(model, names, counter)
         try:
-            with counter, torch.no_grad():
+            with counter, counting_tolist(counter), torch.no_grad():
                 call(i)
         finally:
             for h in handles:
                 h.remove()
         counts.append(counter.count)
     return counts
+
+
+@contextlib.contextmanager
+def counting_tolist(counter: OpCounter) -> Iterator[None]:
+    """``Tensor.tolist`` reads values without dispatching an op (on a GPU it is a device read):
+    count it as a sync while the block runs; the original method is restored after."""
+    original = torch.Tensor.tolist
+
+    def tolist(self: torch.Tensor):
+        counter.count.syncs += 1
+        return original(self)
+
+    torch.Tensor.tolist = tolist
+    try:
+        yield
+    finally:
+        torch.Tensor.tolist = original
 
 
 def time_calls(call: Callable[[int], object], steps: int, device: torch.device) -> list[float]:

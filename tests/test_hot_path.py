@@ -1,0 +1,70 @@
+"""The cached step's kernel budget (issue 9): op and host-sync counts are deterministic."""
+
+import pytest
+import torch
+
+import relcache
+from relcache.api import _engine
+from relcache.evaluation.hot_path import count_calls
+from relcache.shipped.loading import random_dit
+
+STEPS = (0, 1, 2)  # full; steps 3-5 cached
+
+
+def _counts(config, explicit: bool = True):
+    """Counts of a bare call and of 6 cached-model calls (DiT-FM's 16 modules, narrow)."""
+    model = random_dit("DiT-FM", hidden_size=48, num_heads=4)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([1, 2, 10, 10])
+
+    def call(i: int):
+        t = torch.full((4,), 999.0 - i)
+        if not explicit:
+            return model(x, t, y)
+        with relcache.at_step(model, i):
+            return model(x, t, y)
+
+    with relcache.cached(model, config):
+        names = _engine(model).names
+        counts = count_calls(model, names, call, 6)
+    bare = count_calls(model, names, call, 1)[0]
+    return bare, names, counts
+
+
+def _per_module(count, names) -> list[int]:
+    return [count.per_module[n] for n in names]
+
+
+@pytest.mark.parametrize(
+    "config", [relcache.FORA(full_steps=STEPS), relcache.TaylorSeer(full_steps=STEPS)]
+)
+def test_taylor_prediction_is_one_kernel_per_module(config) -> None:
+    bare, names, counts = _counts(config)
+    for step in counts[3:]:
+        ops = _per_module(step, names)
+        assert max(ops[1:]) == 1  # the bmm (<= 2 is the budget)
+        assert ops[0] <= 1 + 4 + 4  # + this step's coefficients (+ after a full step: r!)
+        assert step.outside == bare.outside  # no engine kernels outside the modules
+        assert step.syncs == 0
+
+
+def test_rfe_prediction_is_four_kernels_per_module() -> None:
+    bare, names, counts = _counts(relcache.RFC(rcs=False, full_steps=STEPS))
+    for step in counts[4:]:  # (the first cached step after a full one also stacks s, G)
+        ops = _per_module(step, names)
+        assert max(ops[1:]) == 4  # sub, norm, addcmul, bmm (<= 6 is the budget)
+        assert sum(ops) / len(ops) <= 6  # with the per-step plan for every module
+        assert step.outside == bare.outside and step.syncs == 0
+
+
+def test_rcs_decision_costs_one_sync_and_few_kernels() -> None:
+    _, names, rfe = _counts(relcache.RFC(rcs=False, full_steps=STEPS))
+    bare, _, rfc = _counts(relcache.RFC(threshold=1e6))  # never full again after the warmup
+    for a, b in zip(rfe[3:], rfc[3:], strict=True):
+        assert b.per_module[names[0]] - a.per_module[names[0]] <= 10  # the decision
+        assert b.syncs == 1  # reading the decision, once per step
+        assert b.outside == bare.outside
+
+
+def test_reading_the_timestep_is_the_only_other_sync() -> None:
+    _, _, counts = _counts(relcache.TaylorSeer(full_steps=STEPS), explicit=False)
+    assert all(c.syncs == 1 for c in counts)  # relcache.at_step removes it
