@@ -350,3 +350,15 @@ def test_a_nan_error_forces_a_full_step_and_is_reported() -> None:
     assert st.nonfinite_errors >= 1
     assert st.nfc_per_sample["call0"][0] == clean[0]  # the other rows do not notice
     assert st.nfc_per_sample["call0"][1] >= clean[1] - 1  # row 1 keeps being scheduled
+
+
+def test_batch_scope_decides_for_all_rows_together() -> None:
+    model, xs = _model(), _inputs(30)
+    for scope, split in (("row", True), ("batch", False)):
+        relcache.apply(model, relcache.RFC(order=1, threshold=0.5, scope=scope), patterns=PATTERNS)
+        with torch.no_grad():
+            run_trajectory(model, xs)
+        per_row = relcache.stats(model).nfc_per_sample["call0"]
+        relcache.remove(model)
+        assert (len(set(per_row)) > 1) == split  # rows move at different paces (see _inputs)
+    assert per_row[0] >= 2 + 1  # the batch still gets full steps after the warmup

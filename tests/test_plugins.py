@@ -186,3 +186,18 @@ def test_bench_names_come_from_the_registry() -> None:
         BenchSettings(methods=("fora", "magcache"))
     assert METHODS["rfe"].example(order=1) == relcache.RFC(order=1, rcs=False, interval=4)
     assert METHODS["rfc"].example().threshold == 1.0
+
+
+def test_method_specs_carry_knob_values() -> None:
+    cfg = relcache.build_method("rfc2:scope=batch", threshold=0.1)
+    assert cfg == relcache.RFC(order=2, threshold=0.1, scope="batch")
+    assert cfg.describe() == "RFC m=2 batch"
+    assert relcache.build_method("taylorseer:interval=7") == relcache.TaylorSeer(interval=7)
+    with pytest.raises(ValueError, match="expected name:knob=value"):
+        relcache.build_method("taylorseer:tau=3")
+    with pytest.raises(ValueError, match="interval must be a int"):
+        relcache.build_method("taylorseer:interval=x")
+    with pytest.raises(ValueError, match="scope must be one of row, batch"):
+        relcache.RFC(threshold=0.1, scope="sample")
+    with pytest.raises(ValueError, match="scope is an RCS setting"):
+        relcache.RFC(rcs=False, interval=3, scope="batch")

@@ -138,10 +138,14 @@ def at_step(target: Any, step: int) -> Iterator[None]:
 
     Samplers that know their step should say it: the engine then reads no timestep (no host
     sync on a GPU) and never guesses branches or generations (rules: ``relcache.caching.steps``).
-    A no-op when relcache is not applied to ``target``.
+    ``target`` may also wrap the cached model as ``.transformer``. A no-op when relcache is not
+    applied.
     """
     model = resolve_model(target)
     engine = getattr(model, _ENGINE_ATTR, None)
+    inner = getattr(model, "transformer", None)  # a wrapper around a cached transformer
+    if engine is None and isinstance(inner, nn.Module):
+        engine = getattr(inner, _ENGINE_ATTR, None)
     if engine is None:
         yield
         return

@@ -127,14 +127,22 @@ class ExplicitSchedule(Scheduler):
         return FULL if history.step in self.full_steps else CACHED
 
 
+SCOPES = ("row", "batch")
+
+
 class RCSSchedule(Scheduler):
-    """RCS (§3): accumulate the driver input's relative L1 prediction error; > tau -> full."""
+    """RCS (§3): accumulate the driver input's relative L1 prediction error; > tau -> full.
+
+    ``scope="row"`` (the paper): each batch row decides alone, rows that need a full step run
+    as a sub-batch. ``scope="batch"``: the rows of a call decide together, combined by their
+    largest accumulated error (a full step for all when any row crosses tau; then all reset).
+    """
 
     adaptive = True
     uses_driver = True
 
-    def __init__(self, threshold: float, order: int, warmup: int) -> None:
-        self.threshold, self.order, self.warmup = threshold, order, warmup
+    def __init__(self, threshold: float, order: int, warmup: int, scope: str = "row") -> None:
+        self.threshold, self.order, self.warmup, self.scope = threshold, order, warmup, scope
         self.factors: Tensor | None = None  # (B, N, m+1) Taylor factors of the driver input I0
         self.acc: Tensor | None = None  # (B,) accumulated error A
         self.nonfinite: Tensor | None = None  # (B,) steps whose error was NaN / inf, per row
@@ -164,12 +172,24 @@ class RCSSchedule(Scheduler):
         num = torch.cdist(flat[:, None], predicted[:, None], p=1)[:, 0, 0]  # (B,) one kernel
         den = torch.linalg.vector_norm(flat, ord=1, dim=1)  # (B,)
         acc = torch.addcdiv(self.acc, num, den)  # (B,)
+        if self.scope == "batch":
+            return self._decide_batch(acc)
         keep = acc <= self.threshold  # (B,) NaN / inf compare False: a full step
         self.acc = torch.where(keep, acc, 0.0)
         decision = Decision.from_keep(keep)  # the one host sync RCS needs per step
         if decision.any_full:  # counted off the cached steps' hot path, read only by stats
             self.nonfinite = self.nonfinite + ~acc.isfinite()
         return decision
+
+    def _decide_batch(self, acc: Tensor) -> Decision:
+        """All rows together: full when the largest accumulated error crosses tau (or is NaN)."""
+        full = bool(~(acc.max() <= self.threshold))  # the one host sync
+        if not full:
+            self.acc = acc
+            return CACHED
+        self.nonfinite = self.nonfinite + ~acc.isfinite()
+        self.acc = torch.zeros_like(acc)
+        return FULL
 
     def report(self) -> dict[str, int]:
         nonfinite = 0 if self.nonfinite is None else int(self.nonfinite.sum())

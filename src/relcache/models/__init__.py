@@ -10,6 +10,7 @@ from relcache.models.checkpoint import (
     load_dit_weights,
     save_dit_weights,
 )
+from relcache.models.diffusers_dit import DiffusersDiT, to_diffusers  # diffusers: lazy
 from relcache.models.dit import DiT, DiTBlock, DiTConfig
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "DiT",
     "DiTBlock",
     "DiTConfig",
+    "DiffusersDiT",
     "create_dit",
     "dit_config",
     "infer_dit_config",
@@ -25,6 +27,7 @@ __all__ = [
     "normalize_preset_name",
     "register_dit_preset",
     "save_dit_weights",
+    "to_diffusers",
 ]
 
 DIT_PRESETS: dict[str, DiTConfig] = {}

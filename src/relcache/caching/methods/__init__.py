@@ -26,7 +26,11 @@ for _entry in (
     MethodEntry("fora", "FORA", FORA, FIXED, "reuse the last full output (TaylorSeer, m = 0)"),
     MethodEntry("taylorseer", "TaylorSeer", TaylorSeer, ("order", *FIXED), "Taylor extrapolation"),
     MethodEntry(
-        "rfc", "RFC", RFC, ("order", "threshold", "warmup"), "RFE prediction + RCS schedule"
+        "rfc",
+        "RFC",
+        RFC,
+        ("order", "threshold", "warmup", "scope"),
+        "RFE prediction + RCS schedule",
     ),
     MethodEntry(
         "rfe",
@@ -39,7 +43,7 @@ for _entry in (
         "rcs",
         "+RCS",
         lambda **kw: RFC(rfe=False, **kw),
-        ("order", "threshold", "warmup"),
+        ("order", "threshold", "warmup", "scope"),
         "the paper's +RCS ablation: Taylor prediction on the RCS schedule",
     ),
 ):

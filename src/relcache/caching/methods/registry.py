@@ -28,6 +28,12 @@ KNOBS: dict[str, Knob] = {
         Knob("warmup", int, "the first W steps are full (2 for DiT, 3 for FLUX)"),
         Knob("threshold", float, "RCS threshold tau on the accumulated input error"),
         Knob("full_steps", tuple, "explicit schedule, e.g. 0,1,5,9 (replaces the interval)"),
+        Knob(
+            "scope",
+            str,
+            "who decides together under RCS: row (each batch row, the paper) or batch (all rows "
+            "of a call: a full step when any row's accumulated error crosses tau)",
+        ),
     )
 }
 
@@ -122,9 +128,11 @@ def register_method(entry: MethodEntry) -> MethodEntry:
     return entry
 
 
-def parse_method(spec: str) -> tuple[MethodEntry, dict[str, int]]:
-    """``"taylorseer"`` or ``"rfc2"`` (a trailing number is the order) -> (entry, knob values)."""
-    m = re.fullmatch(r"(.*?)(\d*)", spec.strip().lower())
+def parse_method(spec: str) -> tuple[MethodEntry, dict[str, object]]:
+    """``"taylorseer"``, ``"rfc2"`` (a trailing number is the order) or ``"rfc2:scope=batch"``
+    (knob values after colons) -> (entry, knob values)."""
+    head, *assignments = spec.strip().lower().split(":")
+    m = re.fullmatch(r"(.*?)(\d*)", head)
     name, digits = m.group(1), m.group(2)
     if name not in METHODS:
         raise ValueError(
@@ -134,7 +142,26 @@ def parse_method(spec: str) -> tuple[MethodEntry, dict[str, int]]:
     entry = METHODS[name]
     if digits and "order" not in entry.knobs:
         raise ValueError(f"{name} has no order to set; use {name!r} without a number")
-    return entry, ({"order": int(digits)} if digits else {})
+    values: dict[str, object] = {"order": int(digits)} if digits else {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or key not in entry.knobs:
+            raise ValueError(
+                f"{spec!r}: expected name:knob=value with a knob of {name} "
+                f"({', '.join(entry.knobs)}), got {item!r}"
+            )
+        values[key] = _knob_value(KNOBS[key], text, spec)
+    return entry, values
+
+
+def _knob_value(knob: Knob, text: str, spec: str) -> object:
+    """A knob's value from its text in a method spec."""
+    try:
+        if knob.type is tuple:
+            return tuple(int(v) for v in text.split("/"))
+        return knob.type(text)
+    except ValueError as err:
+        raise ValueError(f"{spec!r}: {knob.name} must be a {knob.type.__name__}") from err
 
 
 def build_method(spec: str, **values: object) -> CacheMethod:

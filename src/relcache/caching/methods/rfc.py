@@ -12,7 +12,7 @@ from relcache.caching.methods.base import (
     fixed_or_explicit,
 )
 from relcache.caching.predictors import RelationalPredictor, TaylorPredictor
-from relcache.caching.schedulers import RCSSchedule, Scheduler
+from relcache.caching.schedulers import SCOPES, RCSSchedule, Scheduler
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class RFC(CacheMethod):
     rcs: bool = True
     interval: int | None = None
     full_steps: tuple[int, ...] | None = None
+    scope: str = "row"  # RCS: who decides together, see RCSSchedule
 
     name = "rfc"
 
@@ -59,10 +60,17 @@ class RFC(CacheMethod):
                 "RFC(rcs=True) schedules full steps itself; drop interval/full_steps, or pass "
                 "rcs=False to use a fixed schedule"
             )
+        if self.scope not in SCOPES:
+            raise ValueError(
+                f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}: 'row' decides "
+                "per batch row (the paper), 'batch' all rows of a call together"
+            )
 
     def _check_fixed(self) -> None:
         if self.threshold is not None:
             raise ValueError("threshold is only used with rcs=True; drop it or set rcs=True")
+        if self.scope != "row":
+            raise ValueError("scope is an RCS setting; drop it or set rcs=True")
         if (self.interval is None) == (self.full_steps is None):
             raise ValueError(
                 "RFC(rcs=False) needs exactly one of interval=N (TaylorSeer's schedule) or "
@@ -73,7 +81,7 @@ class RFC(CacheMethod):
 
     def scheduler(self) -> Scheduler:
         if self.rcs:
-            return RCSSchedule(self.threshold, self.order, self.warmup)
+            return RCSSchedule(self.threshold, self.order, self.warmup, self.scope)
         return fixed_or_explicit(self.interval, self.warmup, self.full_steps)
 
     def predictor(self) -> TaylorPredictor:
@@ -82,4 +90,5 @@ class RFC(CacheMethod):
     def describe(self) -> str:
         parts = {(True, True): "RFC", (True, False): "+RFE", (False, True): "+RCS"}
         label = parts.get((self.rfe, self.rcs), "TaylorSeer(RFC)")
-        return f"{label} m={self.order}"
+        scope = "" if self.scope == "row" else f" {self.scope}"
+        return f"{label} m={self.order}{scope}"
