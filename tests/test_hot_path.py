@@ -68,3 +68,22 @@ def test_rcs_decision_costs_one_sync_and_few_kernels() -> None:
 def test_reading_the_timestep_is_the_only_other_sync() -> None:
     _, _, counts = _counts(relcache.TaylorSeer(full_steps=STEPS), explicit=False)
     assert all(c.syncs == 1 for c in counts)  # relcache.at_step removes it
+
+
+def test_gpu_generation_script_runs_at_toy_size_on_cpu() -> None:
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_generation.py"
+    spec = importlib.util.spec_from_file_location("gpu_generation", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = argparse.Namespace(
+        preset="DiT-FM", size=0, device="cpu", dtype="float32", steps=6, batch=(1,), nfc=(4,),
+        methods=("full", "taylorseer", "rfc"), modes=("eager",), out=None,
+    )  # fmt: skip
+    rows = script.run(args)
+    assert [r["method"] for r in rows] == ["full", "TaylorSeer N=2 m=2", "RFC m=2"]
+    assert all(r["error"] is None and r["ms"] > 0 for r in rows)
+    assert rows[1]["nfc"] == 4 and abs(rows[2]["nfc"] - 4) <= 0.5 and rows[1]["flops_speedup"] > 1

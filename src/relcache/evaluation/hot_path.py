@@ -26,6 +26,7 @@ NO_KERNEL = {
     aten.sym_numel.default,
     aten.is_same_size.default,
 }
+ENGINE = "<engine hooks>"
 SYNCS = {aten._local_scalar_dense.default, aten.nonzero.default}  # device -> host reads
 
 
@@ -34,7 +35,8 @@ class StepCount:
     """Kernel ops and host syncs of one model call, split by where they ran."""
 
     inside: int = 0  # in the cached modules (their own compute, or the prediction)
-    outside: int = 0  # everything else: model glue and engine bookkeeping
+    outside: int = 0  # everything else: the model's glue and the engine's step hooks
+    engine: int = 0  # of ``outside``: in the engine's step hooks (begin / end of a call)
     syncs: int = 0
     per_module: Counter = field(default_factory=Counter)
     ops: Counter = field(default_factory=Counter)  # op name -> count, for diagnosis
@@ -62,8 +64,9 @@ class OpCounter(TorchDispatchMode):
             and func not in NO_KERNEL
         ):
             self.count.ops[str(func.overloadpacket.__name__)] += 1
-            if self.module is None:
+            if self.module is None or self.module == ENGINE:
                 self.count.outside += 1
+                self.count.engine += self.module == ENGINE
             else:
                 self.count.inside += 1
                 self.count.per_module[self.module] += 1
@@ -98,13 +101,44 @@ def count_calls(
         counter = OpCounter()
         handles = mark_modules(model, names, counter)
         try:
-            with counter, counting_tolist(counter), torch.no_grad():
-                call(i)
+            with counter, counting_tolist(counter), marking_engine(model, counter):
+                with torch.no_grad():
+                    call(i)
         finally:
             for h in handles:
                 h.remove()
         counts.append(counter.count)
     return counts
+
+
+@contextlib.contextmanager
+def marking_engine(model: nn.Module, counter: OpCounter) -> Iterator[None]:
+    """Attribute the ops of relcache's root hooks to the engine while the block runs."""
+    engine = getattr(model, "_relcache_engine", None)
+    if engine is None:
+        yield
+        return
+    hooks = [model._forward_pre_hooks, model._forward_hooks]
+    saved = [dict(h) for h in hooks]
+    for table in hooks:
+        for key, hook in list(table.items()):
+            table[key] = _marked(hook, counter)
+    try:
+        yield
+    finally:
+        for table, original in zip(hooks, saved, strict=True):
+            table.update(original)
+
+
+def _marked(hook: Callable, counter: OpCounter) -> Callable:
+    def run(*args, **kwargs):
+        previous, counter.module = counter.module, ENGINE
+        try:
+            return hook(*args, **kwargs)
+        finally:
+            counter.module = previous
+
+    return run
 
 
 @contextlib.contextmanager
