@@ -26,7 +26,7 @@ def test_schedule_shape() -> None:
 def test_explicit_schedule() -> None:
     cfg = relcache.TaylorSeer(full_steps=[0, 1, 5, 9])
     assert cfg.schedule(12) == [0, 1, 5, 9]
-    assert relcache.RFC(rcs=False, full_steps=(0, 2, 3)).schedule(5) == [0, 2, 3]
+    assert relcache.RFC(rcs=False, full_steps=(0, 1, 3)).schedule(5) == [0, 1, 3]  # RFE: 0, 1
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,7 @@ def test_method_specs_carry_knob_values() -> None:
         relcache.build_method("taylorseer:tau=3")
     with pytest.raises(ValueError, match="interval must be a int"):
         relcache.build_method("taylorseer:interval=x")
-    with pytest.raises(ValueError, match="scope must be one of row, batch"):
-        relcache.RFC(threshold=0.1, scope="sample")
+    with pytest.raises(ValueError, match="scope must be one of row, sample, batch"):
+        relcache.RFC(threshold=0.1, scope="pixel")
     with pytest.raises(ValueError, match="scope is an RCS setting"):
         relcache.RFC(rcs=False, interval=3, scope="batch")

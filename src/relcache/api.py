@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,9 +30,32 @@ def resolve_model(target: Any) -> nn.Module:
     )
 
 
+def _check_regex(what: str, pattern: object) -> None:
+    """A module pattern must be a valid regular expression string."""
+    if not isinstance(pattern, str):
+        raise ValueError(
+            f"{what} must be a regex string such as r'blocks\\.\\d+\\.attn', got {pattern!r}"
+        )
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(
+            f"{what} {pattern!r} is not a valid regular expression ({err}); fix it, e.g. escape "
+            "literal brackets and dots: r'blocks\\[0\\]' or r'blocks\\.\\d+\\.attn'"
+        ) from None
+
+
 def _targets(model: nn.Module, patterns, driver) -> tuple[Targets, ModelAdapter | None]:
+    if driver is not None:
+        _check_regex("driver", driver)
     if patterns is not None:
         pats = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        if not pats:
+            raise ValueError(
+                "patterns is empty; pass the modules to cache, e.g. [r'blocks\\.\\d+\\.attn']"
+            )
+        for p in pats:
+            _check_regex("pattern", p)
         return Targets(pats, driver), None
     adapter = find_adapter(model)
     if adapter is None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from relcache.caching.methods import CacheMethod
+from relcache.caching.schedulers import Decision
 from relcache.caching.state import BranchState
 from relcache.caching.steps import CallPlace, Reading, StepTracker, read_timestep
 from relcache.caching.structure import (
@@ -100,6 +101,7 @@ class CacheEngine:
         self.branches: dict[str, BranchState] = {}
         self.active: BranchState | None = None
         self.tracker = StepTracker()
+        self.board: dict[int, tuple[BranchState, Decision, int]] = {}  # step -> first decision
         self.peak_bytes = 0
         self._originals: dict[str, Any] = {}
         self._handles: list[Any] = []
@@ -146,6 +148,7 @@ class CacheEngine:
     def reset(self) -> None:
         """Forget every trajectory (called at the start of each generation)."""
         self.branches.clear()
+        self.board.clear()
         self.tracker.reset()
         self.active, self.peak_bytes = None, 0
 
@@ -185,6 +188,7 @@ class CacheEngine:
 
     def _drop_branches(self) -> None:
         """Forget the automatic branches (call0, call1, ...), keeping named contexts."""
+        self.board.clear()
         for key in [k for k in self.branches if k.startswith("call")]:
             del self.branches[key]
 
@@ -195,7 +199,15 @@ class CacheEngine:
                 "trajectory; relcache needs the matched modules to run at every step (check "
                 "patterns=)"
             )
+        step = br.history.step
+        br.history.branches = sum(
+            b.history.step in (step, step + 1) for b in self.branches.values()
+        )
         br.decision = br.scheduler.begin(br.history)
+        if br.decision is None and getattr(br.scheduler, "shares_across_branches", False):
+            lead = self.board.get(step)  # a branch that already decided this step leads
+            if lead is not None and lead[0] is not br and lead[2] == br.batch:
+                br.decision = lead[1]
 
     def _discard_failed(self) -> None:
         """A call raised mid-step: its branch is half-updated, so forget it (and, for an
@@ -208,6 +220,11 @@ class CacheEngine:
             self.tracker.reset()
         else:
             del self.branches[name]
+
+    @staticmethod
+    def _shares(br: BranchState) -> bool:
+        """Whether the branches of one step follow one decision (a scheduler's scope)."""
+        return getattr(br.scheduler, "shares_across_branches", False)
 
     def _end_call(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
         if out is None and sys.exc_info()[0] is not None:  # forward raised: always_call hook
@@ -233,7 +250,10 @@ class CacheEngine:
                 br.history.start_rows(inputs[0].shape[0], inputs[0].device)
             if name == self.driver and br.scheduler.uses_driver:
                 detached = [x.detach() for x in inputs]  # a decision has no gradient
+                br.batch = inputs[0].shape[0]
                 br.decision = br.scheduler.at_driver(br.history, br.decision, detached)
+                if self._shares(br):
+                    self.board.setdefault(br.history.step, (br, br.decision, br.batch))
             elif br.decision is None:
                 raise RuntimeError(
                     f"RCS needs its driver {self.driver!r} to run before {name!r} in each step; "

@@ -114,6 +114,8 @@ class StepPlan:
     step: int
     base: Tensor  # (S, B, m+1): [c_0, 0 ...] where RFE applies, the Taylor c elsewhere
     gain: Tensor  # (S, B, m+1): [0, s c_1 / ||D||, ...] where RFE applies, 0 elsewhere
+    unit: Tensor  # (S, B): s / ||D|| (0 where RFE does not apply)
+    inc: Tensor  # (S, B, m+1): [0, c_1, ...] where RFE applies, 0 elsewhere
 
 
 class RelationalPredictor(TaylorPredictor):
@@ -124,8 +126,10 @@ class RelationalPredictor(TaylorPredictor):
     subtraction and one norm of its input change, one ``addcmul`` and one ``bmm``.
     """
 
-    def __init__(self, order: int) -> None:
+    def __init__(self, order: int, clamp: float | None = None, smooth: float | None = None) -> None:
         super().__init__(order)
+        self.clamp = clamp  # bound the magnitude to [1/c, c] x the Taylor increment's length
+        self.smooth = smooth  # s <- smooth * s_old + (1 - smooth) * s_new at each full step
         self.relational: dict[str, RelationalState] = {}
         self.ratios: list[Tensor] = []  # per slot: s, (B,), NaN where unusable
         self.grams: list[Tensor] = []  # per slot: <f_r, f_q> of r, q >= 1, (B, m, m)
@@ -149,6 +153,10 @@ class RelationalPredictor(TaylorPredictor):
             else:
                 out_delta = rel.row_norm(new[..., 0] - old[..., 0])  # (b,)
             ratio = torch.where(fresh, float("nan"), rel.relational_ratio(out_delta, in_delta))
+            if self.smooth is not None and self.ratios[slot] is not None:
+                old_s = taylor.select_rows(self.ratios[slot], rows)  # (b,)
+                mixed = torch.lerp(ratio, old_s, self.smooth)
+                ratio = torch.where(old_s.isnan(), ratio, torch.where(ratio.isnan(), old_s, mixed))
             self.ratios[slot] = taylor.put_rows(self.ratios[slot], ratio, rows)
             self.grams[slot] = taylor.put_rows(self.grams[slot], rel.increment_gram(new), rows)
         olds_in = st.last_input or [None] * len(inputs)
@@ -165,8 +173,11 @@ class RelationalPredictor(TaylorPredictor):
                 self._stacks = torch.stack(self.ratios).double(), torch.stack(self.grams)
             ratio, gram = self._stacks
             coeff = history.coefficients(self.order)  # (B, m+1) fp64
-            base, gain = rel.rfe_plan(coeff, gram, ratio)  # 2 x (S, B, m+1)
-            self._plan = StepPlan(history.step, base.to(dtype), gain.to(dtype))
+            base, unit, inc = rel.rfe_plan(coeff, gram, ratio)  # (S, B, m+1), (S, B), (S, B, m+1)
+            gain = unit[..., None] * inc  # (S, B, m+1)
+            self._plan = StepPlan(
+                history.step, base.to(dtype), gain.to(dtype), unit.to(dtype), inc.to(dtype)
+            )
         return self._plan
 
     def coefficients(self, name, history, inputs) -> list[Tensor]:
@@ -174,7 +185,13 @@ class RelationalPredictor(TaylorPredictor):
         factors = self.modules[name].factors
         plan = self.plan(history, factors[0].dtype)
         change = input_change(inputs, st.last_input)[:, None]  # (B, 1)
-        return [torch.addcmul(plan.base[j], change, plan.gain[j]) for j in st.slots]  # (B, m+1)
+        if self.clamp is None:
+            return [torch.addcmul(plan.base[j], change, plan.gain[j]) for j in st.slots]
+        alphas = [
+            (change * plan.unit[j][:, None]).clamp(1 / self.clamp, self.clamp) for j in st.slots
+        ]
+        pairs = zip(st.slots, alphas, strict=True)
+        return [torch.addcmul(plan.base[j], a, plan.inc[j]) for j, a in pairs]
 
     def tensors(self) -> list[Tensor]:
         held = [t for st in self.relational.values() for t in st.last_input]

@@ -53,13 +53,14 @@ def rfe_coefficients(taylor: Tensor, gram: Tensor, ratio: Tensor, in_change: Ten
     return taylor * scale
 
 
-def rfe_plan(taylor: Tensor, gram: Tensor, ratio: Tensor) -> tuple[Tensor, Tensor]:
+def rfe_plan(taylor: Tensor, gram: Tensor, ratio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """RFE's coefficients for all slots at once, up to the input change n = ||I - I(i)|| (§3).
 
     taylor: (B, m+1) coefficients k^r/r!; gram: (S, B, m, m); ratio s: (S, B). Returns
-    (base, gain), each (S, B, m+1), with the coefficients ``base + n * gain``: where
+    (base, unit, inc): the coefficients are ``base + n * unit * inc`` (S, B, m+1): where
     ||D|| > 0 and s is usable, [c_0, n s c_1 / ||D||, ...] (O(i) + s n D / ||D||); elsewhere the
-    Taylor coefficients unchanged. About 12 kernels per step, whatever the number of slots.
+    Taylor coefficients unchanged (inc = 0). unit = s / ||D|| (S, B), the RFE increment's length
+    over the Taylor one per unit of input change. About 12 kernels per step, for all slots.
     """
     head = taylor * _first_order(taylor)  # (B, m+1): [c_0, 0, ...]
     inc = taylor - head  # (B, m+1): [0, c_1, ..., c_m]
@@ -67,9 +68,10 @@ def rfe_plan(taylor: Tensor, gram: Tensor, ratio: Tensor) -> tuple[Tensor, Tenso
     d_norm = (gram * outer).sum((-2, -1)).sqrt()  # (S, B) ||D||; NaN if round-off made it < 0
     unit = ratio / d_norm  # (S, B) s / ||D||: inf or NaN where RFE does not apply
     ok = unit.abs() < math.inf  # (S, B)
-    gain = torch.where(ok, unit, 0.0)[..., None] * inc  # (S, B, m+1)
+    unit = torch.where(ok, unit, 0.0)  # (S, B)
+    inc = torch.where(ok[..., None], inc, 0.0)  # (S, B, m+1)
     base = torch.where(ok[..., None], head, taylor)  # (S, B, m+1)
-    return base, gain
+    return base, unit, inc
 
 
 def _first_order(taylor: Tensor) -> Tensor:

@@ -127,15 +127,36 @@ class ExplicitSchedule(Scheduler):
         return FULL if history.step in self.full_steps else CACHED
 
 
-SCOPES = ("row", "batch")
+SCOPES = ("row", "sample", "batch")
+
+
+def share(values: Tensor, scope: str, paired: bool) -> Tensor:
+    """Per-row values (B,) shared within each decision group: the largest of the group.
+
+    "row": each row alone; "sample": a classifier-free-guidance pair, rows j and j + B/2 of a
+    doubled batch (``paired``; across sequential calls the branches share through the engine
+    instead); "batch": every row of the call.
+    """
+    if scope == "batch":
+        return values.max().expand_as(values)
+    if scope == "sample" and paired:
+        if values.shape[0] % 2:
+            raise ValueError(
+                f'scope="sample" pairs the rows of a CFG-doubled batch, got {values.shape[0]} '
+                'rows; use scope="row" without classifier-free guidance'
+            )
+        half = values.shape[0] // 2
+        top = torch.maximum(values[:half], values[half:])  # (B/2,)
+        return torch.cat([top, top])
+    return values
 
 
 class RCSSchedule(Scheduler):
     """RCS (§3): accumulate the driver input's relative L1 prediction error; > tau -> full.
 
-    ``scope="row"`` (the paper): each batch row decides alone, rows that need a full step run
-    as a sub-batch. ``scope="batch"``: the rows of a call decide together, combined by their
-    largest accumulated error (a full step for all when any row crosses tau; then all reset).
+    ``scope`` (see :func:`share`): who decides together. "row" is the paper: each batch row
+    alone, rows that need a full step run as a sub-batch. "sample": the CFG branches of a sample
+    share one schedule (the larger of their errors); "batch": all rows of a call.
     """
 
     adaptive = True
@@ -146,6 +167,11 @@ class RCSSchedule(Scheduler):
         self.factors: Tensor | None = None  # (B, N, m+1) Taylor factors of the driver input I0
         self.acc: Tensor | None = None  # (B,) accumulated error A
         self.nonfinite: Tensor | None = None  # (B,) steps whose error was NaN / inf, per row
+
+    @property
+    def shares_across_branches(self) -> bool:
+        """Whether sequential branches of one step follow the first branch's decision."""
+        return self.scope != "row"
 
     def begin(self, history: History) -> Decision | None:
         return FULL if history.step < self.warmup else None
@@ -162,7 +188,13 @@ class RCSSchedule(Scheduler):
             old = taylor.select_rows(self.factors, rows)
             new = taylor.update_factors(old, taylor.select_rows(x, rows), gap, nf)
             self.factors = taylor.store_rows(self.factors, new, rows, self.order)
+            self.acc = self.acc if early is None else self._reset(self.acc, rows)
         return decision
+
+    @staticmethod
+    def _reset(acc: Tensor, rows: Tensor | None) -> Tensor:
+        """A following branch's full rows start a new error accumulation too."""
+        return torch.zeros_like(acc) if rows is None else acc.index_fill(0, rows, 0.0)
 
     def _decide(self, history: History, x: Tensor) -> Decision:
         """A = A + ||I0 - I0_hat||_1 / ||I0||_1; rows with A > tau (or A not finite) run fully."""
@@ -171,25 +203,20 @@ class RCSSchedule(Scheduler):
         flat = x.reshape(x.shape[0], -1)  # (B, N)
         num = torch.cdist(flat[:, None], predicted[:, None], p=1)[:, 0, 0]  # (B,) one kernel
         den = torch.linalg.vector_norm(flat, ord=1, dim=1)  # (B,)
-        acc = torch.addcdiv(self.acc, num, den)  # (B,)
-        if self.scope == "batch":
-            return self._decide_batch(acc)
-        keep = acc <= self.threshold  # (B,) NaN / inf compare False: a full step
+        if self.scope == "row":
+            acc = torch.addcdiv(self.acc, num, den)  # (B,)
+        else:
+            acc = self.acc + share(num / den, self.scope, history.branches == 1)
+        keep = self._keep(history, acc)  # (B,) NaN / inf errors never stay cached
         self.acc = torch.where(keep, acc, 0.0)
         decision = Decision.from_keep(keep)  # the one host sync RCS needs per step
         if decision.any_full:  # counted off the cached steps' hot path, read only by stats
             self.nonfinite = self.nonfinite + ~acc.isfinite()
         return decision
 
-    def _decide_batch(self, acc: Tensor) -> Decision:
-        """All rows together: full when the largest accumulated error crosses tau (or is NaN)."""
-        full = bool(~(acc.max() <= self.threshold))  # the one host sync
-        if not full:
-            self.acc = acc
-            return CACHED
-        self.nonfinite = self.nonfinite + ~acc.isfinite()
-        self.acc = torch.zeros_like(acc)
-        return FULL
+    def _keep(self, history: History, acc: Tensor) -> Tensor:
+        """Rows that stay cached: A <= tau."""
+        return acc <= self.threshold
 
     def report(self) -> dict[str, int]:
         nonfinite = 0 if self.nonfinite is None else int(self.nonfinite.sum())
@@ -212,3 +239,43 @@ class RCSSchedule(Scheduler):
         with counter:
             rel.relative_l1_error(x, taylor.combine(factors, coeff))
         return counter.get_total_flops()
+
+
+class BudgetSchedule(RCSSchedule):
+    """RCS with a budget instead of a threshold: exactly ``nfc`` full steps per sample over
+    ``steps`` steps, placed where the accumulated error is large.
+
+    Online rule per row, with R full steps left to spend and T steps left (this one included):
+    full if R >= T (the rest must all be full), never if R = 0; otherwise full when the
+    accumulated error A reaches the share of the expected remaining error that one of the R + 1
+    gaps should carry, A >= e_mean * T / (R + 1) (e_mean: the mean error per step so far), or
+    when the gap since the last full step reaches ``max_gap``.
+    """
+
+    def __init__(
+        self, nfc: int, steps: int, order: int, warmup: int, scope: str, max_gap: int | None
+    ) -> None:
+        super().__init__(math.inf, order, warmup, scope)
+        self.nfc, self.steps, self.max_gap = nfc, steps, max_gap
+        self.err_sum: Tensor | None = None  # (B,) errors seen so far
+        self.err_count = 0
+
+    def begin(self, history: History) -> Decision | None:
+        if history.step >= self.steps:
+            raise ValueError(
+                f"this trajectory has more than steps={self.steps} steps, the length its budget "
+                f"of {self.nfc} full steps was planned for; pass steps= the sampler's step count"
+            )
+        return super().begin(history)
+
+    def _keep(self, history: History, acc: Tensor) -> Tensor:
+        error = torch.nan_to_num(acc - self.acc, nan=0.0, posinf=0.0)  # (B,) this step's
+        self.err_sum = error if self.err_sum is None else self.err_sum + error
+        self.err_count += 1
+        left = self.steps - history.step  # steps left, this one included
+        budget = self.nfc - history.n_full  # (B,) full steps left to spend
+        share_ = self.err_sum / self.err_count * left / (budget + 1)  # (B,)
+        keep = acc < share_  # NaN / inf: not kept
+        if self.max_gap is not None:
+            keep = keep & (history.step - history.last_full < self.max_gap)
+        return (keep & (budget < left)) | (budget <= 0)

@@ -18,6 +18,7 @@ class BranchState:
     signature: tuple | None = None  # shapes of the root call's tensors; a change resets
     history: History = field(default_factory=History)
     decision: Decision | None = None  # this step's; None until the driver module decides
+    batch: int = 0  # rows of the driver input (decisions are shared only between equal batches)
     templates: dict[str, tuple] = field(default_factory=dict)  # per module: output structure
     full_calls: dict[str, int] = field(default_factory=dict)
     cached_calls: dict[str, int] = field(default_factory=dict)

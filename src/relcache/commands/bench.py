@@ -154,6 +154,26 @@ def _model_args(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def _check_paths_and_device(args: argparse.Namespace) -> None:
+    """Everything the settings do not check, before any model is loaded."""
+    from relcache.commands.common import check_at_least, check_device, check_out_dir
+
+    check_at_least("--threads", args.threads, 1, "e.g. the number of physical cores")
+    check_at_least("--init-seed", args.init_seed, 0, "the default is 0")
+    if args.device is not None:
+        check_device(args.device)
+    if args.preset_overrides and args.preset is None:
+        raise ValueError("--preset-overrides needs --preset NAME (e.g. --preset DiT-FM)")
+    check_out_dir(args.out)
+    if not args.no_cache:
+        check_out_dir(args.cache_dir, "--cache-dir")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {args.checkpoint}: no such file; pass DiT weights (.safetensors or "
+            ".pt), or drop --checkpoint to bench the shipped model"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, load, (join the process group,) bench, print where the outputs are."""
     import torch
@@ -182,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         model_args=_model_args(args),
     )
+    _check_paths_and_device(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

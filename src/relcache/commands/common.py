@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from relcache.caching.methods import KNOBS, METHODS, CacheMethod, parse_method
@@ -27,6 +29,51 @@ def parse_list(item: Callable[[str], T], what: str) -> Callable[[str], tuple[T, 
 
 int_list = parse_list(int, "integers")
 name_list = parse_list(str.lower, "names")
+
+
+def check_at_least(flag: str, value: int | float | None, minimum: int, hint: str) -> None:
+    """``value`` (when given) must be >= ``minimum``; the message says what to pass."""
+    if value is not None and value < minimum:
+        raise ValueError(f"{flag} must be >= {minimum}, got {value:g}; {hint}")
+
+
+def check_out_dir(path: str | os.PathLike[str], flag: str = "--out") -> None:
+    """``path`` must be a folder that exists or can be created, and that can be written to
+    (checked before any work, so a long run never ends on a bad output folder)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"{flag} {path} is an existing file, not a folder; pass a folder (created if missing)"
+        )
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path} cannot be created: {parent} is a file; pass a folder path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {parent} is not writable; pass a folder you can write")
+
+
+def check_device(text: str) -> str:
+    """A device string torch accepts and this machine has (``cpu``, ``cuda``, ``cuda:1``)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"--device {text!r} is not a torch device ({err}); pass cpu or cuda"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {text} but torch sees no CUDA GPU here; pass --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"--device {text} but there are {count} CUDA device(s); pass cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+    return text
 
 
 def methods_help() -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compare full compute, FORA, TaylorSeer and RFC on the shipped model",
         description="Runs full compute, FORA, TaylorSeer and RFC (threshold calibrated to each "
         "budget) on the shipped Fashion-MNIST DiT with the same seeds; prints a table and writes "
-        "table.json and grid.png into --out.",
+        "table.json and grid.png into --out. In table.json a non-finite number is null (the PSNR "
+        "of full compute against itself: identical). Wall-clock columns are noisy on a shared "
+        "machine; NFC and TFLOPs are exact.",
     )
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--samples", type=int, default=64, help="images per method (default 64)")
@@ -36,12 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+WALL_CLOCK_NOTE = (
+    "note: the seconds and wall-speedup columns are wall-clock times of one run per method, "
+    "noisy on a shared or loaded machine (other processes slow whichever method runs then); "
+    "NFC and TFLOPs are exact. PSNR of full compute is inf (null in table.json): identical to "
+    "the reference."
+)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Load the shipped models, run the demo, print the table."""
+    """Validate every argument, load the shipped models, run the demo, print the table."""
     import torch
 
+    from relcache.commands.common import check_out_dir
     from relcache.evaluation.demo import DemoSettings, run_demo
     from relcache.evaluation.report import format_table
+    from relcache.evaluation.rows import to_json
     from relcache.shipped import load_classifier, load_generator
 
     settings = DemoSettings(
@@ -54,11 +65,13 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         progress=not args.no_progress,
     )
+    check_out_dir(args.out)
     torch.manual_seed(settings.seed)
     rows = run_demo(load_generator(), load_classifier(), settings)
     if args.json:
-        print(json.dumps(rows))
+        print(to_json(rows))
     else:
         print(format_table(rows))
+        print(f"\n{WALL_CLOCK_NOTE}")
         print(f"\nwrote {args.out / 'table.json'} and {args.out / 'grid.png'}", file=sys.stderr)
     return 0

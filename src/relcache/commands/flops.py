@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 
-from relcache.commands.common import add_method_args, method_from_args
+from relcache.commands.common import add_method_args, check_at_least, method_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,10 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from relcache.caching.flops import dit_flops
     from relcache.caching.methods import parse_method
 
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}; 2 is one image with CFG")
+    check_at_least("--steps", args.steps, 1, "the default is 50")
+    check_at_least("--batch", args.batch, 1, "2 is one image with CFG")
+    check_at_least("--input-size", args.input_size, 1, "the latent size, e.g. 32 for 256px")
     if args.method != "none" and parse_method(args.method)[0].adaptive and args.threshold is None:
         args.threshold = 1.0  # a step's FLOPs do not depend on tau; --nfc sets the count
     config = method_from_args(args, args.steps)

@@ -24,7 +24,13 @@ import torch
 
 import relcache
 from relcache.caching.methods import CacheMethod
-from relcache.commands.common import add_method_args, method_from_args
+from relcache.commands.common import (
+    add_method_args,
+    check_at_least,
+    check_device,
+    check_out_dir,
+    method_from_args,
+)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -55,10 +61,24 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> CacheMethod | None:
+    """Every check that needs no pipeline, before anything is loaded; returns the method."""
+    check_at_least("--steps", args.steps, 1, "the default is 50")
+    check_at_least("--height", args.height, 1, "or drop it for the pipeline's default")
+    check_at_least("--width", args.width, 1, "or drop it for the pipeline's default")
+    check_at_least("--seed", args.seed, 0, "the default is 0")
+    if args.prompt is not None and args.class_label:
+        raise ValueError("pass --prompt (text-to-image) or --class-label (DiT), not both")
+    if args.prompt is None and not args.class_label:
+        raise ValueError("pass --prompt (or --class-label for a class-conditional DiT)")
+    check_device(args.device)
+    check_out_dir(args.out)
+    return build_method(args)
+
+
 def build_method(args: argparse.Namespace) -> CacheMethod | None:
     """The caching config the arguments ask for (None for ``--method none``)."""
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    check_at_least("--steps", args.steps, 1, "the default is 50")
     config = method_from_args(args, args.steps)
     if config is not None and config.adaptive and args.nfc is not None:
         raise ValueError(
@@ -73,12 +93,15 @@ def pipeline_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
     accepted = inspect.signature(pipe.__call__).parameters
     kw: dict[str, Any] = {"num_inference_steps": args.steps}
     if args.class_label:
-        labels = args.class_label
         if "class_labels" not in accepted:
             raise ValueError(f"{type(pipe).__name__} takes --prompt, not --class-label")
-        digits = all(lab.isdigit() for lab in labels)
-        kw["class_labels"] = [int(lab) for lab in labels] if digits else pipe.get_label_ids(labels)
+        kw["class_labels"] = class_ids(pipe, args.class_label)
     elif args.prompt is not None:
+        if "prompt" not in accepted:
+            raise ValueError(
+                f"{type(pipe).__name__} is class-conditional: pass --class-label (ImageNet ids "
+                "such as 207 360, or names), not --prompt"
+            )
         kw["prompt"] = args.prompt
     else:
         raise ValueError("pass --prompt (or --class-label for a class-conditional DiT)")
@@ -97,6 +120,56 @@ def pipeline_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
         kw[key] = value
     kw["generator"] = torch.Generator(args.device).manual_seed(args.seed)
     return kw
+
+
+def class_ids(pipe: Any, labels: list[str]) -> list[int]:
+    """Class ids from ``--class-label`` values (ids or the pipeline's label names), in range."""
+    if all(lab.lstrip("-").isdigit() for lab in labels):
+        ids = [int(lab) for lab in labels]
+    else:
+        names = getattr(pipe, "labels", None) or {}
+        unknown = [lab for lab in labels if lab not in names]
+        if unknown:
+            sample = ", ".join(list(names)[:4]) or "none: this pipeline has no id2label"
+            raise ValueError(
+                f"unknown class name(s) {unknown}; pass class ids, or names such as {sample}"
+            )
+        ids = [names[lab] for lab in labels]
+    count = getattr(getattr(pipe, "transformer", None), "config", None)
+    count = getattr(count, "num_embeds_ada_norm", None)
+    bad = [i for i in ids if i < 0 or (count is not None and i >= count)]
+    if bad:
+        top = f"0 to {count - 1}" if count is not None else ">= 0"
+        raise ValueError(f"--class-label {bad} out of range: this model has class ids {top}")
+    return ids
+
+
+def load_pipeline(args: argparse.Namespace) -> Any:
+    """The pipeline of ``--model`` on ``--device``; a load failure says what to pass instead."""
+    from diffusers import DiffusionPipeline
+
+    dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if args.device != "cpu" else torch.float32)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(args.model, **{dtype_keyword(): dtype})
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load --model {args.model!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); pass a folder written by "
+            "save_pretrained or a hub id already in the local Hugging Face cache"
+        ) from err
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=None)  # no bar when stderr is not a terminal
+    return pipe.to(args.device)
+
+
+def dtype_keyword() -> str:
+    """``dtype`` where diffusers takes it (``torch_dtype`` is deprecated there), else the old
+    ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
 
 
 def save_outputs(result: Any, out: Path) -> list[Path]:
@@ -118,11 +191,8 @@ def save_outputs(result: Any, out: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Load, cache, generate once, save images and stats.json; print NFC and seconds."""
-    from diffusers import DiffusionPipeline
-
-    method = build_method(args)
-    dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if args.device != "cpu" else torch.float32)
-    pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
+    method = check_args(args)
+    pipe = load_pipeline(args)
     kwargs = pipeline_kwargs(pipe, args)
     if "output_type" in inspect.signature(pipe.__call__).parameters:
         kwargs["output_type"] = "pil"

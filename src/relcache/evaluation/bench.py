@@ -25,7 +25,7 @@ from relcache.evaluation.budgets import (
 )
 from relcache.evaluation.reference import reference
 from relcache.evaluation.report import grid_path, write_report
-from relcache.evaluation.rows import RowBuilder
+from relcache.evaluation.rows import RowBuilder, json_safe, to_json
 from relcache.evaluation.runner import reset_peak_memory, sample_set, warm_up
 from relcache.evaluation.settings import BenchSettings
 
@@ -70,7 +70,7 @@ class Bench:
         if self.main:
             self.s.out.mkdir(parents=True, exist_ok=True)
             tmp = self.s.out / (RESULTS + ".tmp")
-            tmp.write_text(json.dumps(self.results, indent=2))
+            tmp.write_text(to_json(self.results, indent=2))
             tmp.replace(self.s.out / RESULTS)
 
     def _save_grid_images(self, run_id: str, images: torch.Tensor) -> None:
@@ -89,7 +89,7 @@ class Bench:
         row = self.rows("full", "full compute", "full compute", self.s.steps, self.s.steps, None,
                         self.ref, memory)  # fmt: skip
         row["reference"] = self.ref_info
-        self.results["runs"]["full"] = row
+        self.results["runs"]["full"] = json_safe(row)  # PSNR inf -> None, as in results.json
         self._save_grid_images("full", self.ref.images)
         self.save_results()
 
@@ -140,7 +140,7 @@ class Bench:
                 self._save_grid_images(run_id, torch.load(grid_path(self.s.out, same)))
         else:
             row = {**self._measure(name, budget, config), **extra}
-        self.results["runs"][run_id] = row
+        self.results["runs"][run_id] = json_safe(row)  # as results.json holds it (inf -> None)
         self.save_results()
 
     def _measure(self, name: str, budget: int, config: CacheMethod) -> dict:

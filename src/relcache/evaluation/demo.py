@@ -7,7 +7,7 @@ demo's row columns, and its outputs (table.json, grid.png).
 
 from __future__ import annotations
 
-import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from torch import nn
 from relcache.caching.methods import CacheMethod
 from relcache.evaluation.budgets import bench_method, config_for_budget
 from relcache.evaluation.plots import save_grid
-from relcache.evaluation.rows import RowBuilder
+from relcache.evaluation.rows import RowBuilder, to_json
 from relcache.evaluation.runner import Generation, run_method, sample_set, sampling_kwargs
 
 DEMO_METHODS = {"fora": "fora", "taylorseer2": "taylorseer", "rfc2": "rfc"}  # bench -> demo name
@@ -43,13 +43,26 @@ class DemoSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets", tuple(self.budgets))
         if self.steps < 3:
-            raise ValueError(f"--steps must be >= 3 (RFC needs 2 warmup steps), got {self.steps}")
+            raise ValueError(
+                f"--steps must be >= 3 (RFC needs 2 warmup steps), got {self.steps}; the "
+                "default is 50"
+            )
         if self.samples < 2:
             raise ValueError(f"--samples must be >= 2 (FD needs a spread), got {self.samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}; the default is 64")
+        if self.calibration_samples < 1:
+            raise ValueError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
+        if not self.budgets:
+            raise ValueError("--budgets is empty; pass target NFCs such as 14,8")
         for b in self.budgets:
             if not 2 < b <= self.steps:
-                raise ValueError(f"budget NFC {b} must lie in (2, {self.steps}] (warmup is 2)")
+                raise ValueError(
+                    f"budget NFC {b} must lie in (2, {self.steps}] (above the 2 warmup steps, at "
+                    "most --steps); drop it or raise --steps"
+                )
 
     def run_kwargs(self) -> dict:
         """Keyword arguments of ``run_method`` for a run over the sample set."""
@@ -73,6 +86,12 @@ def run_at_budget(
         subset = run_method(
             model, config, seeds[:n_cal], labels[:n_cal], **{**kw, "progress": False}
         )
+        if s.progress:  # calibration takes minutes: one line per bisection step
+            print(
+                f"calibrating {name}@{budget} on {n_cal} samples: tau={config.threshold:.4g} "
+                f"-> NFC {subset.mean_nfc:.2f}",
+                file=sys.stderr,
+            )
         return subset.mean_nfc
 
     def confirm(config: CacheMethod) -> float:
@@ -120,5 +139,5 @@ def _method_row(make_row: RowBuilder, name: str, budget: int, config: CacheMetho
 def write_demo_outputs(out: Path, rows: list[dict], grid: list[tuple[str, torch.Tensor]]) -> None:
     """table.json (the rows) and grid.png (one row of images per method)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.json").write_text(json.dumps(rows, indent=2))
+    (out / "table.json").write_text(to_json(rows, indent=2))
     save_grid([images for _, images in grid], [name for name, _ in grid], out / "grid.png")

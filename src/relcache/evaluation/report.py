@@ -235,6 +235,8 @@ def report_markdown(results: dict, s: BenchSettings) -> str:
         ),
         "- TFLOPs per image (CFG-doubled batch, transformer blocks); ms/image = sampling time "
         "summed over batches and ranks / samples; wall = full-compute time / method time",
+        "- PSNR of full compute against itself is infinite: `-` here, `null` in results.json; "
+        "wall-clock columns are noisy on a shared or loaded machine (TFLOPs are exact)",
         "",
         "## Results",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -26,6 +27,28 @@ def method_costs(model: nn.Module, config: CacheMethod | None, batch: int = 2) -
     return step_costs(
         probe, config, lambda i: probe(x, t, y), "blocks.*", (batch, tokens, c.hidden_size)
     )
+
+
+NONFINITE_NOTE = (
+    "null in JSON where a number is not finite: the PSNR of full compute against itself "
+    "(identical images, infinite PSNR)"
+)
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every non-finite float (inf, nan) replaced by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def to_json(value: object, **kwargs: object) -> str:
+    """Strict JSON (never ``Infinity`` / ``NaN``): non-finite numbers become null."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
 
 
 def finite(value: object) -> bool:

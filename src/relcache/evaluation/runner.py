@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,7 +110,9 @@ def run_method(
     cfg = model.config
     noise = per_sample_noise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size))
     images, nfc, peak, seconds = [], [], 0, 0.0
-    bar = tqdm(total=len(seeds), desc=desc or "sampling", unit="img", disable=not progress)
+    tty = sys.stderr.isatty()  # in a log file: an update every 10 s at most, not every batch
+    bar = tqdm(total=len(seeds), desc=desc or "sampling", unit="img", disable=not progress,
+               mininterval=0.1 if tty else 10.0)  # fmt: skip
     with relcache.cached(model, config):
         for s in range(0, len(seeds), batch_size):
             n = len(seeds[s : s + batch_size])

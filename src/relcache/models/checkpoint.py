@@ -42,21 +42,36 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
-    if path.endswith(".safetensors"):
-        state = load_file(path, device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, Mapping):
-            for key in _WRAPPER_KEYS:  # DiT's train.py stores {"model", "ema", "opt", "args"}
-                if key in state and isinstance(state[key], Mapping):
-                    state = state[key]
-                    break
+    try:
+        state = _read_file(path)
+    except Exception as err:  # torch.load / safetensors raise many types on a non-weights file
+        raise _unreadable(path, err) from err
+    if not path.endswith(".safetensors") and isinstance(state, Mapping):
+        for key in _WRAPPER_KEYS:  # DiT's train.py stores {"model", "ema", "opt", "args"}
+            if key in state and isinstance(state[key], Mapping):
+                state = state[key]
+                break
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(
             f"{path!r} does not hold a state dict of tensors; save one with save_dit_weights() "
             "or torch.save(model.state_dict(), path)"
         )
     return {_strip_prefixes(k): v for k, v in state.items()}
+
+
+def _unreadable(path: str, err: Exception) -> ValueError:
+    """The error for a file that torch.load / safetensors cannot read (EOFError, pickle, ...)."""
+    return ValueError(
+        f"{path!r} is not a readable checkpoint ({type(err).__name__}: {err}); pass DiT "
+        "weights saved as .safetensors or with torch.save(model.state_dict(), path)"
+    )
+
+
+def _read_file(path: str) -> object:
+    """The raw content of a ``.safetensors`` or ``torch.save`` file (tensors only)."""
+    if path.endswith(".safetensors"):
+        return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _strip_prefixes(key: str) -> str:
@@ -206,10 +221,18 @@ def load_dit_weights(
 def _stored_config(path: str | os.PathLike[str]) -> DiTConfig | None:
     """The ``DiTConfig`` stored with the weights (safetensors metadata or a training checkpoint)."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path!r}")
     if path.endswith(".safetensors"):
-        with safe_open(path, framework="pt") as f:
-            raw = (f.metadata() or {}).get(_CONFIG_METADATA_KEY)
+        try:
+            with safe_open(path, framework="pt") as f:
+                raw = (f.metadata() or {}).get(_CONFIG_METADATA_KEY)
+        except Exception as err:  # not a safetensors file
+            raise _unreadable(path, err) from err
         return None if raw is None else DiTConfig(**json.loads(raw))
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = _read_file(path)
+    except Exception as err:  # torch.load raises many types on a non-weights file
+        raise _unreadable(path, err) from err
     stored = payload.get("dit_config") if isinstance(payload, Mapping) else None
     return DiTConfig(**stored) if isinstance(stored, Mapping) else None

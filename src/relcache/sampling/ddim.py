@@ -187,12 +187,13 @@ def _f32(value: float) -> float:
 
 
 def _progress(iterable: Sequence[int], enabled: bool) -> Sequence[int]:
-    """Wrap ``iterable`` in a tqdm bar when enabled."""
+    """Wrap ``iterable`` in a tqdm bar when enabled and stderr is a terminal (a per-step bar
+    in a log file would write a line per update, nested in the caller's bars)."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc="DDIM", leave=False)
+    return tqdm(iterable, desc="DDIM", leave=False, disable=None)  # None: off when not a TTY
 
 
 def _null_labels(model: nn.Module, y: torch.Tensor, null_class: int | None) -> torch.Tensor:

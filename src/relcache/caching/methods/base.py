@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -33,13 +34,33 @@ def check_order(order: object, minimum: int = 0) -> None:
         )
 
 
+def check_bool(name: str, value: object) -> None:
+    """A switch must be a real bool (a truthy string such as "no" would turn it on)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def as_full_steps(full_steps: object) -> tuple[int, ...] | None:
+    """``full_steps`` as a validated tuple (None stays None); see :func:`check_full_steps`."""
+    if full_steps is None:
+        return None
+    if isinstance(full_steps, (str, bytes)) or not hasattr(full_steps, "__iter__"):
+        raise ValueError(
+            f"full_steps must be a list of step indices such as [0, 1, 5, 9], got {full_steps!r}"
+        )
+    steps = tuple(full_steps)
+    check_full_steps(steps)
+    return tuple(operator.index(s) for s in steps)
+
+
 def check_full_steps(full_steps: tuple[int, ...] | None) -> None:
     """An explicit schedule must be sorted, unique, non-negative and start at step 0."""
     if full_steps is None:
         return
     steps = list(full_steps)
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in steps):
-        raise ValueError(f"full_steps must hold integers, got {steps!r}")
+    if any(isinstance(s, bool) or not hasattr(type(s), "__index__") for s in steps):
+        raise ValueError(f"full_steps must hold integers such as [0, 1, 5, 9], got {steps!r}")
+    steps = [operator.index(s) for s in steps]
     if not steps or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError(
             f"full_steps must be a strictly increasing list of step indices starting at 0 "
@@ -47,7 +68,20 @@ def check_full_steps(full_steps: tuple[int, ...] | None) -> None:
         )
 
 
-def fixed_or_explicit(interval: int | None, warmup: int, full_steps: tuple[int, ...] | None):
+def check_schedule_knobs(interval: object, warmup: object, full_steps: object) -> None:
+    """An explicit ``full_steps`` replaces the fixed schedule: ``interval`` and ``warmup``
+    would be ignored, so giving them too is an error."""
+    if full_steps is None:
+        return
+    given = [k for k, v in (("interval", interval), ("warmup", warmup)) if v is not None]
+    if given:
+        raise ValueError(
+            f"full_steps={list(full_steps)!r} is the whole schedule, so {' and '.join(given)} "
+            f"would be ignored; drop {', '.join(given)} or drop full_steps"
+        )
+
+
+def fixed_or_explicit(interval: int | None, warmup: int | None, full_steps: tuple[int, ...] | None):
     """The scheduler of a non-adaptive method: the explicit list if given, else TaylorSeer's."""
     if full_steps is not None:
         return ExplicitSchedule(full_steps)

@@ -95,6 +95,11 @@ class MethodEntry:
                 f"a budget of NFC {target:g} is impossible at {steps} steps: pass 1 <= NFC <= "
                 f"{steps} (or raise the step count)"
             )
+        if values.get("full_steps") is not None:
+            raise ValueError(
+                "full_steps is already the whole schedule; drop it to meet an NFC budget, or "
+                "drop the budget"
+            )
         if not self.adaptive:
             warmup = self.example(**values).warmup  # type: ignore[attr-defined]
             n = interval_for_nfc(target, steps, warmup)

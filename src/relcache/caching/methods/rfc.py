@@ -6,13 +6,17 @@ from dataclasses import dataclass
 
 from relcache.caching.methods.base import (
     CacheMethod,
-    check_full_steps,
+    as_full_steps,
+    check_bool,
     check_order,
     check_positive_int,
+    check_schedule_knobs,
     fixed_or_explicit,
 )
 from relcache.caching.predictors import RelationalPredictor, TaylorPredictor
 from relcache.caching.schedulers import SCOPES, RCSSchedule, Scheduler
+
+DEFAULT_WARMUP = 2  # RFE's two full steps; 3 for FLUX
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class RFC(CacheMethod):
 
     order: int = 2
     threshold: float | None = None
-    warmup: int = 2
+    warmup: int | None = None  # None: 2 (no full_steps) / unused (full_steps)
     rfe: bool = True
     rcs: bool = True
     interval: int | None = None
@@ -32,28 +36,35 @@ class RFC(CacheMethod):
     name = "rfc"
 
     def __post_init__(self) -> None:
-        if self.full_steps is not None:
-            object.__setattr__(self, "full_steps", tuple(self.full_steps))
+        check_bool("rfe", self.rfe)
+        check_bool("rcs", self.rcs)
+        object.__setattr__(self, "full_steps", as_full_steps(self.full_steps))
         check_order(self.order, minimum=1)
+        if self.warmup is None and self.full_steps is None:
+            object.__setattr__(self, "warmup", DEFAULT_WARMUP)
+        if self.warmup is not None:
+            self._check_warmup()
+        if self.rcs:
+            self._check_rcs()
+        else:
+            self._check_fixed()
+
+    def _check_warmup(self) -> None:
         check_positive_int("warmup", self.warmup, "RFC needs warmup >= 2")
         if self.warmup < 2:
             raise ValueError(
                 f"RFC warmup must be >= 2 (RFE needs two full steps to measure s), got "
                 f"{self.warmup}; use warmup=2 for DiT, 3 for FLUX"
             )
-        check_full_steps(self.full_steps)
-        if self.rcs:
-            self._check_rcs()
-        else:
-            self._check_fixed()
 
     def _check_rcs(self) -> None:
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise ValueError(
                 f"RFC(rcs=True) needs a threshold > 0, got {t!r}; pass e.g. threshold=0.5, or "
-                "find the one matching a target NFC with "
-                "relcache.METHODS['rfc'].for_nfc(nfc, steps, calibrate=...) (the bench does)"
+                "find the one matching a target NFC with relcache.METHODS['rfc'].for_nfc(nfc, "
+                "steps, calibrate=fn), where fn(make, nfc) returns (threshold, info) (relcache "
+                "bench and demo do this)"
             )
         if self.interval is not None or self.full_steps is not None:
             raise ValueError(
@@ -78,6 +89,13 @@ class RFC(CacheMethod):
             )
         if self.interval is not None:
             check_positive_int("interval", self.interval, "use 4 for NFC 14 at 50 steps")
+        check_schedule_knobs(None, self.warmup, self.full_steps)
+        if self.rfe and self.full_steps is not None and self.full_steps[:2] != (0, 1):
+            raise ValueError(
+                f"RFE needs two full steps before the first cached one (to measure s), so "
+                f"full_steps must start 0, 1, got {list(self.full_steps)!r}; e.g. "
+                f"{[0, 1, *[s for s in self.full_steps if s > 1]]!r}, or rfe=False"
+            )
 
     def scheduler(self) -> Scheduler:
         if self.rcs:
