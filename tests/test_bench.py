@@ -17,7 +17,6 @@ from relcache.evaluation.budgets import (
     DEFAULT_METHODS,
     bench_method,
     calibrate_threshold,
-    confirm_threshold,
 )
 from relcache.evaluation.reference import reference, reference_key
 from relcache.evaluation.runner import per_sample_noise, run_method, sample_batch
@@ -80,23 +79,6 @@ def test_threshold_search_hits_target_on_tiny_model(model) -> None:
     tau, nfc = calibrate_threshold(measure, 5.0)
     assert abs(nfc - 5.0) <= 0.5
     assert measure(tau) == nfc  # deterministic
-
-
-def test_confirmation_nudges_tau_and_returns_the_last_measured() -> None:
-    seen = []
-
-    def measure(tau: float) -> float:  # NFC 6 at tau <= 1, else 4
-        seen.append(tau)
-        return 6.0 if tau <= 1.0 else 4.0
-
-    assert confirm_threshold(1.0, 4.0, measure) == (2.25, 4.0)  # 1 * (6 / 4)^2
-    assert seen == [1.0, 2.25]
-    seen.clear()
-    assert confirm_threshold(0.5, 4.0, lambda tau: seen.append(tau) or 6.0, rounds=2)[1] == 6.0
-    assert seen == [0.5, 1.125]  # never returns a tau it did not measure
-
-
-# --- one CFG path -------------------------------------------------------------------------------
 
 
 def test_bench_sampling_is_generate(model) -> None:
@@ -190,7 +172,7 @@ BAD = [
     (["--budgets", "60"], "at most --steps"),
     (["--budgets", "1"], "warmup"),
     (["--samples", "0"], "--samples must be"),
-    (["--samples", "8", "--calibration-samples", "16"], "--calibration-samples 16 exceeds"),
+    (["--samples", "8", "--calibration-seed", "4"], "overlap the reported seeds"),
     (["--budgets", "14", "--analysis-budget", "9"], "not one of --budgets"),
 ]
 

@@ -362,3 +362,39 @@ def test_batch_scope_decides_for_all_rows_together() -> None:
         relcache.remove(model)
         assert (len(set(per_row)) > 1) == split  # rows move at different paces (see _inputs)
     assert per_row[0] >= 2 + 1  # the batch still gets full steps after the warmup
+
+
+def test_budget_mode_gives_exactly_the_budget_to_every_row() -> None:
+    model, xs = _model(), _inputs(30, batch=5)
+    for nfc in (3, 8, 17):
+        with relcache.cached(model, relcache.RFC(order=2, nfc=nfc, steps=30), patterns=PATTERNS):
+            with torch.no_grad():
+                run_trajectory(model, xs)
+            assert relcache.stats(model).nfc_per_sample["call0"] == [float(nfc)] * 5
+    with relcache.cached(model, relcache.RFC(nfc=8, steps=20), patterns=PATTERNS):
+        with pytest.raises(ValueError, match="more than steps=20"), torch.no_grad():
+            run_trajectory(model, xs)
+
+
+def test_sample_scope_pairs_cfg_rows_and_sequential_branches() -> None:
+    model, xs = _model(), _inputs(30, batch=4)  # rows move at four different paces
+    doubled = [torch.cat([x[:2], x[2:]]) for x in xs]  # rows j and j + 2: one sample's branches
+    for scope in ("row", "sample"):
+        cfg = relcache.RFC(order=1, threshold=0.4, scope=scope)
+        with relcache.cached(model, cfg, patterns=PATTERNS), torch.no_grad():
+            run_trajectory(model, doubled)
+            rows = relcache.stats(model).nfc_per_sample["call0"]
+        paired = rows[0] == rows[2] and rows[1] == rows[3]
+        assert paired == (scope == "sample")
+    for scope in ("row", "sample"):  # sequential CFG: two calls per step
+        cfg = relcache.RFC(order=1, threshold=0.4, scope=scope)
+        with relcache.cached(model, cfg, patterns=PATTERNS), torch.no_grad():
+            for i, x in enumerate(xs):
+                with relcache.at_step(model, i):
+                    model(x[:2], torch.zeros(2))
+                    model(x[2:], torch.zeros(2))
+            st = relcache.stats(model)
+        same = st.nfc_per_sample["call0"] == st.nfc_per_sample["call1"]
+        assert same == (scope == "sample")
+        if scope == "sample":
+            assert st.full_steps["call0"] == st.full_steps["call1"]

@@ -369,7 +369,7 @@ def test_demo_prints_calibration_progress_and_a_wall_clock_caveat(
     model = relcache.shipped.random_dit("DiT-FM", 0, depth=1, hidden_size=32, num_heads=2)
     s = demo.DemoSettings(steps=6, samples=2, budgets=(4,), batch_size=2, out=tmp_path)
 
-    def one_step(name, budget, steps, measure, confirm_nfc=None):  # a one-step "bisection"
+    def one_step(name, budget, steps, measure):  # a one-step "bisection"
         config = relcache.RFC(threshold=0.5)
         measure(config)
         return config, {}
@@ -377,7 +377,7 @@ def test_demo_prints_calibration_progress_and_a_wall_clock_caveat(
     monkeypatch.setattr(demo, "config_for_budget", one_step)
     demo.run_at_budget(model, "rfc2", 4, s, [0, 1], torch.tensor([0, 1]))
     assert re.search(
-        r"calibrating rfc2@4 on 2 samples: tau=0\.5 -> NFC [\d.]+", capsys.readouterr().err
+        r"calibrating rfc2@4 on 16 other images: tau=0\.5 -> NFC [\d.]+", capsys.readouterr().err
     )
 
     monkeypatch.setattr(demo, "run_demo", lambda *args: [])

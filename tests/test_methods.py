@@ -58,4 +58,4 @@ def test_configs_are_frozen() -> None:
 
 
 def test_registry_lists_every_method() -> None:
-    assert set(relcache.METHODS) == {"fora", "taylorseer", "rfc", "rfe", "rcs"}
+    assert set(relcache.METHODS) == {"fora", "taylorseer", "rfc", "rfe", "rcs", "budget"}

@@ -114,8 +114,10 @@ def test_method_names_and_budgets() -> None:
     assert rfe == relcache.RFC(order=1, rcs=False, interval=7) and info == {"interval": 7}
     assert METHODS["taylorseer"].for_nfc(14, 50)[0] == relcache.TaylorSeer(interval=4)
     assert METHODS["rcs"].make(threshold=0.1) == relcache.RFC(rfe=False, threshold=0.1)
+    assert METHODS["rfc"].for_nfc(8, 50)[0] == relcache.RFC(nfc=8, steps=50)  # budget mode
+    assert METHODS["budget"].for_nfc(8, 30, scope="sample")[0].nfc == 8
     with pytest.raises(ValueError, match="calibrated threshold"):
-        METHODS["rfc"].for_nfc(8, 50)
+        METHODS["rcs"].for_nfc(8, 50)
     with pytest.raises(ValueError, match="impossible at 10 steps"):
         METHODS["taylorseer"].for_nfc(60, 10)
     calls = []

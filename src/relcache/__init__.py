@@ -28,6 +28,7 @@ from relcache.caching.methods import (
     CacheMethod,
     TaylorSeer,
     build_method,
+    recommended,
     register_method,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "cached",
     "is_applied",
     "observe",
+    "recommended",
     "register_method",
     "remove",
     "reset",

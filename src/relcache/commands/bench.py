@@ -98,7 +98,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--calibration-samples",
         type=int,
         default=d.calibration_samples,
-        help=f"first samples used to calibrate RCS thresholds (default {d.calibration_samples})",
+        help=f"images used to calibrate RCS thresholds (default {d.calibration_samples})",
+    )
+    g.add_argument(
+        "--calibration-seed",
+        type=int,
+        default=d.calibration_seed,
+        help="first seed of the calibration images, disjoint from the reported seeds "
+        f"(default {d.calibration_seed})",
     )
     g.add_argument(
         "--batch-size",
@@ -191,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         methods=args.methods,
         budgets=args.budgets,
         calibration_samples=args.calibration_samples,
+        calibration_seed=args.calibration_seed,
         batch_size=args.batch_size,
         analysis=not args.no_analysis,
         analysis_samples=args.analysis_samples,

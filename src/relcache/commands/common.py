@@ -76,6 +76,10 @@ def check_device(text: str) -> str:
     return text
 
 
+# the budget knobs come from the command's own --nfc and --steps
+CLI_KNOBS = [k for k in KNOBS.values() if k.name not in ("nfc", "steps")]
+
+
 def methods_help() -> str:
     """One line per registered method: name, knobs, what it does."""
     return "; ".join(f"{e.name} ({', '.join(e.knobs)}): {e.help}" for e in METHODS.values())
@@ -91,7 +95,7 @@ def add_method_args(parser: argparse.ArgumentParser, default: str = "taylorseer"
         default=default,
         help=f"none = full compute; {methods_help()} (default {default})",
     )
-    for knob in KNOBS.values():
+    for knob in CLI_KNOBS:
         users = [e.name for e in METHODS.values() if knob.name in e.knobs]
         kind = int_list if knob.type is tuple else knob.type
         g.add_argument(
@@ -104,13 +108,14 @@ def add_method_args(parser: argparse.ArgumentParser, default: str = "taylorseer"
         "--nfc",
         type=float,
         default=None,
-        help="full-step budget: fixed schedules take the interval with the closest NFC",
+        help="full-step budget: fixed schedules take the interval with the closest NFC; "
+        "rfc and budget give exactly this many full steps per sample (budget mode)",
     )
 
 
 def method_from_args(args: argparse.Namespace, steps: int) -> CacheMethod | None:
     """The config the flags describe (None for --method none); unused flags are errors."""
-    given = {k: getattr(args, k) for k in KNOBS if getattr(args, k) is not None}
+    given = {k.name: getattr(args, k.name) for k in CLI_KNOBS if getattr(args, k.name) is not None}
     if args.method == "none":
         if given or args.nfc is not None:
             flags = [f"--{k.replace('_', '-')}" for k in given] + (["--nfc"] if args.nfc else [])
@@ -124,8 +129,10 @@ def method_from_args(args: argparse.Namespace, steps: int) -> CacheMethod | None
             f"--{', --'.join(k.replace('_', '-') for k in entry.knobs)}"
         )
     values = {**implied, **given}
-    if args.nfc is None or entry.adaptive:
+    if args.nfc is None or (entry.adaptive and "threshold" in given):
         return entry.make(**values)
+    if entry.adaptive and "nfc" not in entry.knobs:
+        raise ValueError(f"--method {args.method} takes --threshold, not --nfc")
     if "interval" in given or "full_steps" in given:
         raise ValueError("--nfc picks the interval: drop --interval / --full-steps, or --nfc")
     return entry.for_nfc(args.nfc, steps, **values)[0]

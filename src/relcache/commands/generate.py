@@ -7,8 +7,9 @@ r"""``relcache generate``: one diffusers pipeline call with a caching method, im
 
 The model is a hub id already in the local Hugging Face cache or a folder written by
 ``save_pretrained``. Methods and their flags come from the method registry (``relcache.METHODS``).
-``--nfc`` picks the fixed-schedule interval with the closest NFC (fora, taylorseer, rfe); RCS
-methods (rfc, rcs) decide from the data and need ``--threshold``.
+``--nfc`` picks the fixed-schedule interval with the closest NFC (fora, taylorseer, rfe); for rfc
+it is an exact budget of full steps per sample, spent where the RCS error says (budget mode);
+``--threshold`` gives the paper's RCS instead.
 """
 
 from __future__ import annotations
@@ -80,11 +81,6 @@ def build_method(args: argparse.Namespace) -> CacheMethod | None:
     """The caching config the arguments ask for (None for ``--method none``)."""
     check_at_least("--steps", args.steps, 1, "the default is 50")
     config = method_from_args(args, args.steps)
-    if config is not None and config.adaptive and args.nfc is not None:
-        raise ValueError(
-            f"--method {args.method} decides its full steps from the data and takes --threshold, "
-            "not --nfc; for a fixed full-step budget use --method taylorseer --nfc N"
-        )
     return config
 
 

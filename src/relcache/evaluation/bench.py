@@ -94,14 +94,16 @@ class Bench:
         self.save_results()
 
     def config_for(self, name: str, budget: int) -> tuple[CacheMethod, dict]:
-        """The method's config at ``budget``; RCS thresholds are calibrated on the first
-        ``calibration_samples`` samples."""
+        """The method's config at ``budget``; RCS thresholds are calibrated on
+        ``calibration_samples`` images of their own seeds (disjoint from the reported ones)."""
         n_cal = self.s.calibration_samples
+        classes = self.model.config.num_classes
+        cal_seeds, cal_labels = sample_set(self.s.calibration_seed, n_cal, classes)
         show = self.s.progress and self.main and bench_method(name).adaptive
         bar = tqdm(desc=f"calibrate {name}@{budget}", disable=not show, leave=False)
 
         def measure(config: CacheMethod) -> float:
-            gen = dist.run_sharded(self.model, config, self.seeds[:n_cal], self.labels[:n_cal],
+            gen = dist.run_sharded(self.model, config, cal_seeds, cal_labels,
                                    **{**self.s.run_kwargs(), "progress": False})  # fmt: skip
             bar.update()
             bar.set_postfix(tau=f"{config.threshold:.3g}", nfc=f"{gen.mean_nfc:.2f}")

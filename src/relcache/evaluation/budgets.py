@@ -2,8 +2,7 @@
 
 Fixed-schedule methods take the interval whose NFC is closest to the budget (``interval_for_nfc``
 of the methods' schedulers; ties go to the smallest N); RCS methods take the threshold whose mean
-NFC matches it, bisected on a subset (the paper's protocol, §3) and, as an option, confirmed on
-the whole set.
+NFC matches it, bisected on calibration images (the paper's protocol, §3).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ __all__ = [
     "bench_method",
     "calibrate_threshold",
     "config_for_budget",
-    "confirm_threshold",
     "interval_for_nfc",
 ]
 
@@ -101,26 +99,6 @@ def calibrate_threshold(
     return best
 
 
-def confirm_threshold(
-    tau: float,
-    target_nfc: float,
-    measure: Callable[[float], float],
-    *,
-    rounds: int = 4,
-    tolerance: float = 0.5,
-) -> tuple[float, float]:
-    """Re-measure ``tau`` (on the whole set), scaling it by (NFC / target)^2 until the NFC is
-    within ``tolerance``; returns the last tau measured and its NFC (at most ``rounds`` runs)."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    for i in range(rounds):
-        nfc = measure(tau)
-        if abs(nfc - target_nfc) <= tolerance or i == rounds - 1:
-            break
-        tau *= (nfc / target_nfc) ** 2
-    return tau, nfc
-
-
 def config_for_budget(
     name: str,
     budget: int,
@@ -128,13 +106,11 @@ def config_for_budget(
     measure_nfc: Callable[[CacheMethod], float],
     *,
     bracket: tuple[float, float] = TAU_RANGE,
-    confirm_nfc: Callable[[CacheMethod], float] | None = None,
 ) -> tuple[CacheMethod, dict]:
     """Bench method ``name`` at ``budget``, and how it was chosen (interval or threshold).
 
     The registry's ``for_nfc`` picks the interval; for RCS methods this module's calibration
-    finds the threshold: ``measure_nfc(config)`` gives the mean NFC on the calibration subset,
-    ``confirm_nfc`` (optional) on the whole set, to nudge it (see ``confirm_threshold``).
+    finds the threshold: ``measure_nfc(config)`` gives the mean NFC on the calibration images.
     """
     spec = bench_method(name)
 
@@ -142,8 +118,6 @@ def config_for_budget(
         tau, cal_nfc = calibrate_threshold(
             lambda t: measure_nfc(make(t)), target, low=bracket[0], high=bracket[1]
         )
-        if confirm_nfc is not None:
-            tau, _ = confirm_threshold(tau, target, lambda t: confirm_nfc(make(t)))
         return tau, {"calibration_nfc": cal_nfc}
 
     return spec.entry.for_nfc(budget, steps, calibrate=calibrate, **spec.knobs)

@@ -225,7 +225,9 @@ def report_markdown(results: dict, s: BenchSettings) -> str:
         f"- model: {s.model_name}; DDIM {s.steps} steps, CFG scale {s.cfg_scale:g}; "
         f"{s.samples} samples per method (image i: seed {s.seed}+i, class i % "
         f"{env['num_classes']}); batch {s.batch_size} images",
-        f"- RCS thresholds calibrated on the first {s.calibration_samples} samples",
+        f"- RCS thresholds calibrated on {s.calibration_samples} other images (seeds "
+        f"{s.calibration_seed}+i), disjoint from the reported seeds "
+        f"{s.seed}..{s.seed + s.samples - 1}",
         f"- hardware: {env['hardware']}",
         "- full-compute reference: "
         + (

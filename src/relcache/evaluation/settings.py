@@ -26,6 +26,7 @@ class BenchSettings:
     methods: tuple[str, ...] = DEFAULT_METHODS
     budgets: tuple[int, ...] = (14, 11, 10, 8, 7)
     calibration_samples: int = 32
+    calibration_seed: int = 100_000  # calibration images: seeds from here, disjoint from report's
     batch_size: int = 64
     analysis: bool = True
     analysis_samples: int = 4
@@ -38,7 +39,10 @@ class BenchSettings:
     model_name: str = "shipped DiT-FM"
     model_args: str = ""  # the model-selecting flags, for the command line in report.md
 
-    RESULT_FIELDS = ("steps", "cfg_scale", "samples", "seed", "calibration_samples", "batch_size")
+    RESULT_FIELDS = (
+        "steps", "cfg_scale", "samples", "seed", "calibration_samples", "calibration_seed",
+        "batch_size",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
@@ -48,11 +52,12 @@ class BenchSettings:
         _check_int("--batch-size", self.batch_size, 1, "use 64 on a CPU")
         _check_int("--calibration-samples", self.calibration_samples, 1, "the default is 32")
         _check_int("--grid-columns", self.grid_columns, 1, "the default is 16")
-        if self.calibration_samples > self.samples:
+        cal = range(self.calibration_seed, self.calibration_seed + self.calibration_samples)
+        if cal.start < self.seed + self.samples and self.seed < cal.stop:
             raise ValueError(
-                f"--calibration-samples {self.calibration_samples} exceeds --samples "
-                f"{self.samples}; calibrate on a subset, e.g. --calibration-samples "
-                f"{min(32, self.samples)}"
+                f"calibration seeds {cal.start}..{cal.stop - 1} overlap the reported seeds "
+                f"{self.seed}..{self.seed + self.samples - 1}: thresholds must be chosen on other "
+                f"images; pass --calibration-seed {self.seed + self.samples} or higher"
             )
         self._check_methods_and_budgets()
         if self.analysis:
@@ -101,6 +106,7 @@ class BenchSettings:
         parts += ["--methods", ",".join(self.methods)]
         parts += ["--budgets", ",".join(map(str, self.budgets))]
         parts += ["--calibration-samples", str(self.calibration_samples)]
+        parts += ["--calibration-seed", str(self.calibration_seed)]
         parts += ["--batch-size", str(self.batch_size)]
         if self.analysis:
             parts += ["--analysis-samples", str(self.analysis_samples)]

@@ -29,14 +29,14 @@ for _entry in (
         "rfc",
         "RFC",
         RFC,
-        ("order", "threshold", "warmup", "scope"),
-        "RFE prediction + RCS schedule",
+        ("order", "threshold", "nfc", "steps", "warmup", "scope", "clamp"),
+        "RFE prediction + RCS schedule (the paper: threshold; or an exact budget: nfc)",
     ),
     MethodEntry(
         "rfe",
         "+RFE",
         lambda **kw: RFC(rcs=False, **kw),
-        ("order", *FIXED),
+        ("order", *FIXED, "clamp"),
         "the paper's +RFE ablation: RFE on TaylorSeer's fixed schedule",
     ),
     MethodEntry(
@@ -46,8 +46,27 @@ for _entry in (
         ("order", "threshold", "warmup", "scope"),
         "the paper's +RCS ablation: Taylor prediction on the RCS schedule",
     ),
+    MethodEntry(
+        "budget",
+        "RFC budget",
+        lambda **kw: RFC(**kw),
+        ("order", "nfc", "steps", "warmup", "scope", "clamp"),
+        "RFC with an exact budget of full steps per sample instead of a threshold",
+    ),
 ):
     register_method(_entry)
+
+# relcache's recommended configuration (README "What to use"): RFE's relational magnitude, trusted
+# within 5% of the Taylor increment's length, on TaylorSeer's fixed schedule. Chosen on calibration
+# seeds (10000+, 20000+), reported on others: benchmarks/README.md.
+RECOMMENDED = "rfe2:clamp=1.05"
+
+
+def recommended(nfc: float, steps: int = 50) -> CacheMethod:
+    """The recommended configuration for a budget of ``nfc`` full steps out of ``steps``."""
+    entry, values = parse_method(RECOMMENDED)
+    return entry.for_nfc(nfc, steps, **values)[0]
+
 
 __all__ = [
     "FORA",
@@ -58,10 +77,12 @@ __all__ = [
     "Composed",
     "Knob",
     "MethodEntry",
+    "RECOMMENDED",
     "TaylorSeer",
     "build_method",
     "fixed_schedule",
     "interval_for_nfc",
     "parse_method",
+    "recommended",
     "register_method",
 ]

@@ -28,6 +28,9 @@ KNOBS: dict[str, Knob] = {
         Knob("warmup", int, "the first W steps are full (2 for DiT, 3 for FLUX)"),
         Knob("threshold", float, "RCS threshold tau on the accumulated input error"),
         Knob("full_steps", tuple, "explicit schedule, e.g. 0,1,5,9 (replaces the interval)"),
+        Knob("nfc", int, "RCS budget mode: exactly this many full steps per sample"),
+        Knob("steps", int, "RCS budget mode: the sampler's number of steps (default 50)"),
+        Knob("clamp", float, "RFE magnitude within [1/c, c] x the Taylor increment's length"),
         Knob(
             "scope",
             str,
@@ -53,8 +56,8 @@ class MethodEntry:
 
     @property
     def adaptive(self) -> bool:
-        """The schedule depends on the data: a budget is met by calibrating the threshold."""
-        return "threshold" in self.knobs
+        """The schedule depends on the data (a threshold or a budget decides it)."""
+        return "threshold" in self.knobs or "nfc" in self.knobs
 
     def make(self, **values: object) -> CacheMethod:
         """The config for these knob values (None = the method's default)."""
@@ -69,8 +72,10 @@ class MethodEntry:
     def example(self, **values: object) -> CacheMethod:
         """A valid config with these knobs and placeholders for the schedule's (inspection,
         FLOPs: a step's cost does not depend on the interval or the threshold)."""
-        if self.adaptive:
+        if self.adaptive and "threshold" in self.knobs:
             placeholder = {"threshold": 1.0}
+        elif self.adaptive:
+            placeholder = {"nfc": 14, "steps": 50}
         elif "interval" in self.knobs and values.get("full_steps") is None:
             placeholder = {"interval": 4}
         else:
@@ -87,8 +92,10 @@ class MethodEntry:
     ) -> tuple[CacheMethod, dict]:
         """The config whose NFC is ``target`` at ``steps`` steps, and how it was found (§4).
 
-        Fixed schedules take the interval with the closest NFC (ties: the smaller interval);
-        adaptive ones need ``calibrate`` to find the threshold.
+        Fixed schedules take the interval with the closest NFC (ties: the smaller interval).
+        Adaptive ones take the budget itself where they can (``nfc`` knob: exact, no
+        calibration) unless a ``calibrate`` function is given for their threshold (the paper's
+        protocol) or they have no budget mode.
         """
         if not 1 <= target <= steps:
             raise ValueError(
@@ -104,6 +111,10 @@ class MethodEntry:
             warmup = self.example(**values).warmup  # type: ignore[attr-defined]
             n = interval_for_nfc(target, steps, warmup)
             return self.make(**values, interval=n), {"interval": n}
+        budget_mode = "nfc" in self.knobs and (calibrate is None or "threshold" not in self.knobs)
+        if budget_mode:
+            nfc = round(target)
+            return self.make(**values, nfc=nfc, steps=steps), {"nfc": nfc}
         if calibrate is None:
             raise ValueError(
                 f"{self.name} decides its full steps from the data: reaching NFC {target:g} "

@@ -14,7 +14,7 @@ from relcache.caching.methods.base import (
     fixed_or_explicit,
 )
 from relcache.caching.predictors import RelationalPredictor, TaylorPredictor
-from relcache.caching.schedulers import SCOPES, RCSSchedule, Scheduler
+from relcache.caching.schedulers import SCOPES, BudgetSchedule, RCSSchedule, Scheduler
 
 DEFAULT_WARMUP = 2  # RFE's two full steps; 3 for FLUX
 
@@ -32,6 +32,9 @@ class RFC(CacheMethod):
     interval: int | None = None
     full_steps: tuple[int, ...] | None = None
     scope: str = "row"  # RCS: who decides together, see RCSSchedule
+    nfc: int | None = None  # budget mode: exactly this many full steps per sample (no threshold)
+    steps: int = 50  # budget mode: the trajectory's length the budget is planned over
+    clamp: float | None = None  # RFE magnitude within [1/c, c] x the Taylor increment's length
 
     name = "rfc"
 
@@ -48,6 +51,16 @@ class RFC(CacheMethod):
             self._check_rcs()
         else:
             self._check_fixed()
+        self._check_clamp()
+
+    def _check_clamp(self) -> None:
+        c = self.clamp
+        if c is None:
+            return
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 1:
+            raise ValueError(f"clamp must be a number >= 1 (e.g. 1.1), got {c!r}")
+        if not self.rfe:
+            raise ValueError("clamp bounds RFE's magnitude; drop it or set rfe=True")
 
     def _check_warmup(self) -> None:
         check_positive_int("warmup", self.warmup, "RFC needs warmup >= 2")
@@ -59,7 +72,9 @@ class RFC(CacheMethod):
 
     def _check_rcs(self) -> None:
         t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        if self.nfc is not None:
+            self._check_budget()
+        elif isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise ValueError(
                 f"RFC(rcs=True) needs a threshold > 0, got {t!r}; pass e.g. threshold=0.5, or "
                 "find the one matching a target NFC with relcache.METHODS['rfc'].for_nfc(nfc, "
@@ -77,7 +92,23 @@ class RFC(CacheMethod):
                 "per batch row (the paper), 'batch' all rows of a call together"
             )
 
+    def _check_budget(self) -> None:
+        if self.threshold is not None:
+            raise ValueError(
+                "pass either threshold= (the paper's RCS) or nfc= (a budget), not both"
+            )
+        check_positive_int("steps", self.steps, "the sampler's number of steps, e.g. 50")
+        if isinstance(self.nfc, bool) or not isinstance(self.nfc, int):
+            raise ValueError(f"nfc must be an integer number of full steps, got {self.nfc!r}")
+        if not self.warmup <= self.nfc <= self.steps:
+            raise ValueError(
+                f"nfc must lie between the {self.warmup} warm-up steps and steps={self.steps}, "
+                f"got {self.nfc}"
+            )
+
     def _check_fixed(self) -> None:
+        if self.nfc is not None:
+            raise ValueError("nfc= is RCS's budget; with rcs=False pass interval= or full_steps=")
         if self.threshold is not None:
             raise ValueError("threshold is only used with rcs=True; drop it or set rcs=True")
         if self.scope != "row":
@@ -98,15 +129,21 @@ class RFC(CacheMethod):
             )
 
     def scheduler(self) -> Scheduler:
+        if self.rcs and self.nfc is not None:
+            return BudgetSchedule(self.nfc, self.steps, self.order, self.warmup, self.scope, None)
         if self.rcs:
             return RCSSchedule(self.threshold, self.order, self.warmup, self.scope)
         return fixed_or_explicit(self.interval, self.warmup, self.full_steps)
 
     def predictor(self) -> TaylorPredictor:
-        return RelationalPredictor(self.order) if self.rfe else TaylorPredictor(self.order)
+        if not self.rfe:
+            return TaylorPredictor(self.order)
+        return RelationalPredictor(self.order, self.clamp)
 
     def describe(self) -> str:
         parts = {(True, True): "RFC", (True, False): "+RFE", (False, True): "+RCS"}
         label = parts.get((self.rfe, self.rcs), "TaylorSeer(RFC)")
-        scope = "" if self.scope == "row" else f" {self.scope}"
-        return f"{label} m={self.order}{scope}"
+        extra = "" if self.scope == "row" else f" {self.scope}"
+        extra += "" if self.nfc is None else f" NFC {self.nfc}"
+        extra += "" if self.clamp is None else f" clamp {self.clamp:g}"
+        return f"{label} m={self.order}{extra}"
