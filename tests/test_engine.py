@@ -398,3 +398,29 @@ def test_sample_scope_pairs_cfg_rows_and_sequential_branches() -> None:
         assert same == (scope == "sample")
         if scope == "sample":
             assert st.full_steps["call0"] == st.full_steps["call1"]
+
+
+def test_teacher_forced_observation_keeps_the_exact_trajectory() -> None:
+    model, xs = _model(), _inputs(12)
+    with torch.no_grad():
+        ref = run_trajectory(model, xs)
+        relcache.apply(model, relcache.RFC(order=1, rcs=False, interval=3), patterns=PATTERNS)
+        records = []
+        with relcache.observe(model, records.append, shadow=True, teacher_forced=True):
+            got = run_trajectory(model, xs)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    cached = [r for r in records if r["actual"] is not None]
+    assert cached and all(r["anchor"] is not None for r in cached)
+    assert not torch.equal(cached[-1]["outputs"][0], cached[-1]["actual"][0])  # a prediction
+    with pytest.raises(ValueError, match="needs shadow=True"):
+        with relcache.observe(model, records.append, teacher_forced=True):
+            pass
+
+
+def test_stats_give_each_rows_schedule() -> None:
+    model, xs = _model(), _inputs(20, batch=3)
+    with relcache.cached(model, relcache.RFC(order=1, nfc=6, steps=20), patterns=PATTERNS):
+        with torch.no_grad():
+            run_trajectory(model, xs)
+        rows = relcache.stats(model).schedules["call0"]
+    assert len(rows) == 3 and all(len(r) == 6 and r[:2] == [0, 1] for r in rows)

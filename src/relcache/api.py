@@ -178,18 +178,25 @@ def at_step(target: Any, step: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def observe(target: Any, fn: Callable[[dict], None], *, shadow: bool = False) -> Iterator[None]:
+def observe(
+    target: Any, fn: Callable[[dict], None], *, shadow: bool = False, teacher_forced: bool = False
+) -> Iterator[None]:
     """Call ``fn(record)`` at every cached-module call (analysis; slows sampling down).
 
     A record holds name, step, branch, full, inputs, outputs and, with ``shadow=True`` at cached
-    steps, the ``actual`` outputs of running the module too (the prediction is still returned).
+    steps, the ``actual`` outputs of running the module too (the prediction is still returned:
+    free-running), and ``anchor``, the module's outputs at its last full step. With
+    ``teacher_forced=True`` (needs shadow) the actual outputs are returned instead, so the
+    trajectory stays the full-compute one and errors measure the predictor alone.
     """
+    if teacher_forced and not shadow:
+        raise ValueError("teacher_forced=True needs shadow=True (the actual outputs)")
     engine = _engine(target)
-    engine.observer, engine.shadow = fn, shadow
+    engine.observer, engine.shadow, engine.teacher_forced = fn, shadow, teacher_forced
     try:
         yield
     finally:
-        engine.observer, engine.shadow = None, False
+        engine.observer, engine.shadow, engine.teacher_forced = None, False, False
 
 
 def _hook_pipeline(pipe: Any, engine: CacheEngine) -> None:

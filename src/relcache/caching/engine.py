@@ -11,7 +11,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -65,6 +65,7 @@ class CacheStats:
     peak_cache_bytes: int
     method: str = ""
     nonfinite_errors: int = 0  # RCS: row-steps whose error was NaN/inf (forced full steps)
+    schedules: dict[str, list[list[int]]] = field(default_factory=dict)  # branch -> per row
 
 
 def match_modules(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
@@ -108,6 +109,7 @@ class CacheEngine:
         self.adapter: Any = None  # the ModelAdapter that chose the targets, if any
         self.observer: Callable[[dict], None] | None = None  # analysis hook, see observe()
         self.shadow = False  # analysis: also run the module at cached steps to measure error
+        self.teacher_forced = False  # analysis (with shadow): return the actual outputs
 
     def _pick_driver(self) -> str:
         if self.targets.driver is None:
@@ -295,6 +297,8 @@ class CacheEngine:
             if self.observer is not None:
                 actual = flatten_output(forward(*args, **kwargs))[0] if self.shadow else None
                 self._observe(br, name, inputs, pred, actual)
+                if self.teacher_forced and actual is not None:  # the trajectory stays exact
+                    return rebuild_output(actual, br.templates[name])
             return rebuild_output(pred, br.templates[name])
         return self._partial(br, name, forward, pred, inputs, args, kwargs)
 
@@ -340,6 +344,7 @@ class CacheEngine:
                 "inputs": inputs,
                 "outputs": outputs,
                 "actual": actual,
+                "anchor": br.predictor.anchor(name),
             }
         )
 
@@ -365,6 +370,7 @@ class CacheEngine:
             module_calls=calls,
             peak_cache_bytes=self.peak_bytes,
             method=self.config.describe(),
+            schedules={k: b.history.schedules() for k, b in self.branches.items()},
             nonfinite_errors=sum(
                 b.scheduler.report().get("nonfinite_errors", 0) for b in self.branches.values()
             ),

@@ -20,6 +20,7 @@ class History:
     last_full: Tensor | None = None  # (B,) step index of each row's last full step
     full_steps: list[int] = field(default_factory=list)  # steps where any row ran fully
     branches: int = 1  # branches of the trajectory at this step (2: sequential CFG)
+    row_steps: list[tuple[int, Tensor | None]] = field(default_factory=list)  # (step, rows)
     _coeff: dict[tuple, Tensor] = field(default_factory=dict)  # this step's k^r / r!
     _scale: dict[tuple, tuple] = field(default_factory=dict)  # r and [r < n_full] / r!
 
@@ -39,6 +40,16 @@ class History:
         if rows is None:
             return gap, self.n_full
         return gap.index_select(0, rows), self.n_full.index_select(0, rows)
+
+    def schedules(self) -> list[list[int]]:
+        """Each row's full steps (reads the rows back: for reports, not for the hot path)."""
+        if not self.started:
+            return []
+        out: list[list[int]] = [[] for _ in range(self.n_full.shape[0])]
+        for step, rows in self.row_steps:
+            for r in range(len(out)) if rows is None else rows.tolist():
+                out[r].append(step)
+        return out
 
     def coefficients(self, order: int, dtype: torch.dtype = torch.float64) -> Tensor:
         """Taylor coefficients k^r / r! of this step for orders 0..m, per row (§2). (B, m+1)
@@ -65,6 +76,7 @@ class History:
                 self.n_full = self.n_full.index_add(0, rows, torch.ones_like(rows))
                 self.last_full = self.last_full.index_fill(0, rows, self.step)
             self.full_steps.append(self.step)
+            self.row_steps.append((self.step, rows))
             self._scale.clear()
         self.step += 1
         self._coeff.clear()

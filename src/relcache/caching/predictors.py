@@ -44,6 +44,10 @@ class Predictor:
         """Every tensor held, for memory accounting."""
         return []
 
+    def anchor(self, name: str) -> list[Tensor] | None:
+        """The outputs of ``name`` at its last full step, O(i) (analysis), if kept."""
+        return None
+
 
 @dataclass
 class TaylorState:
@@ -97,6 +101,15 @@ class TaylorPredictor(Predictor):
 
     def tensors(self) -> list[Tensor]:
         return [f for st in self.modules.values() for f in st.factors]
+
+    def anchor(self, name: str) -> list[Tensor] | None:
+        st = self.modules.get(name)
+        if st is None:
+            return None
+        return [
+            f[..., 0].reshape(f.shape[0], *shape).to(dt)  # (B, ...) f0 = O(i)
+            for f, shape, dt in zip(st.factors, st.shapes, st.dtypes, strict=True)
+        ]
 
 
 @dataclass
