@@ -87,3 +87,17 @@ def test_gpu_generation_script_runs_at_toy_size_on_cpu() -> None:
     assert [r["method"] for r in rows] == ["full", "TaylorSeer N=2 m=2", "RFC m=2"]
     assert all(r["error"] is None and r["ms"] > 0 for r in rows)
     assert rows[1]["nfc"] == 4 and abs(rows[2]["nfc"] - 4) <= 0.5 and rows[1]["flops_speedup"] > 1
+
+
+def test_step_counts_for_the_bench_report() -> None:
+    from relcache.evaluation.hot_path import step_counts
+
+    model = random_dit("DiT-FM", hidden_size=48, num_heads=4)
+    ts = step_counts(model, relcache.TaylorSeer(interval=4))
+    rfc = step_counts(model, relcache.RFC(threshold=1e-9))  # would fire: the probe keeps it cached
+    assert ts == {
+        "kernels_per_cached_module": 1.25,
+        "engine_kernels_per_cached_step": 0,
+        "syncs_per_cached_step": 0,
+    }
+    assert rfc["syncs_per_cached_step"] == 1 and rfc["kernels_per_cached_module"] <= 8

@@ -4,6 +4,8 @@ cached modules and outside them (device-independent measures of launch overhead)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -175,3 +177,44 @@ def time_calls(call: Callable[[int], object], steps: int, device: torch.device) 
                 call(i)
                 times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def _never_full(config):
+    """The adaptive ``config`` with a threshold no error crosses, or a budget spent at warm-up."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    if getattr(config, "nfc", None) is not None:
+        return dataclasses.replace(config, nfc=config.warmup)
+    if "threshold" in fields:
+        return dataclasses.replace(config, threshold=math.inf)
+    raise ValueError(f"cannot keep {config.describe()} cached to count its step")
+
+
+def step_counts(model: nn.Module, config, full_steps: int = 3) -> dict:
+    """Kernel ops and syncs of one cached step of ``config`` on a reference DiT (2 rows, every
+    call wrapped in ``at_step``): per cached module, in the engine's hooks, and device reads.
+
+    Fixed schedules run ``full_steps`` full steps first; RCS its warm-up, then a threshold
+    that keeps the next steps cached (the decision is counted, its outcome does not matter).
+    """
+    import relcache  # the API, imported here: evaluation modules load before it is complete
+
+    c = model.config
+    dev = next(model.parameters()).device
+    x = torch.zeros(2, c.in_channels, c.input_size, c.input_size, device=dev)
+    y = torch.zeros(2, dtype=torch.long, device=dev)
+    probe = config.with_full_steps(tuple(range(full_steps)))
+    if config.adaptive:  # keep the decision, force its outcome: cached after the warm-up
+        probe = _never_full(config)
+
+    def call(i: int):
+        with relcache.at_step(model, i):
+            return model(x, torch.full((2,), 999.0 - i, device=dev), y)
+
+    with relcache.cached(model, probe):
+        names = relcache.api._engine(model).names
+        last = count_calls(model, names, call, full_steps + 2)[-1]
+    return {
+        "kernels_per_cached_module": round(last.inside / len(names), 2),
+        "engine_kernels_per_cached_step": last.engine,
+        "syncs_per_cached_step": last.syncs,
+    }
