@@ -174,6 +174,7 @@ BAD = [
     (["--samples", "0"], "--samples must be"),
     (["--samples", "8", "--calibration-seed", "4"], "overlap the reported seeds"),
     (["--budgets", "14", "--analysis-budget", "9"], "not one of --budgets"),
+    (["--window-samples", "1"], "--window-samples must be an integer >= 2"),
 ]
 
 

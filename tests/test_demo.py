@@ -59,10 +59,11 @@ def test_demo_json_has_every_column(tmp_path, capsys) -> None:
     ]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["method"] for r in rows] == ["full", "fora", "taylorseer", "rfc"]
+    assert [r["method"] for r in rows] == ["full", "fora", "taylorseer", "rfc", "recommended"]
     for row in rows:
         assert COLUMNS <= set(row)
-    full, rfc = rows[0], rows[-1]
+    assert [r.get("recommended") for r in rows] == [None, False, False, False, True]
+    full, rfc = rows[0], rows[3]
     assert full["psnr"] is None and full["ssim"] == pytest.approx(1.0)  # null: identical
     assert full["fd2fc"] == pytest.approx(0.0, abs=1e-6)
     assert abs(rfc["nfc"] - 4) <= 0.5 and rfc["flops_speedup"] > 1

@@ -21,7 +21,7 @@ ARGS = [
     "--no-analysis", "--no-cache", "--no-progress", "--threads", "1",
 ]  # fmt: skip
 COMPARED = ("nfc", "nfc_std", "threshold", "calibration_nfc", "tflops", "psnr", "ssim", "fd2fc",
-            "fd", "class_accuracy")  # fmt: skip
+            "fd", "class_accuracy", "schedule_share")  # fmt: skip
 
 
 @pytest.mark.parametrize(("n", "batch", "world"), [(10, 3, 2), (7, 4, 3), (64, 64, 4), (5, 1, 2)])

@@ -127,6 +127,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="budget of the prediction-error analysis (default: the middle of --budgets)",
     )
+    g.add_argument(
+        "--window-samples",
+        type=int,
+        default=d.window_samples,
+        help="samples for the step-window analysis (FD2FC, PSNR when caching only inside a "
+        f"window of steps; at most --samples are used; default {d.window_samples})",
+    )
     g.add_argument("--no-analysis", action="store_true", help="skip the Fig. 1 analyses")
     g.add_argument(
         "--grid-columns", type=int, default=d.grid_columns, help="images per grid row (default 16)"
@@ -203,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         analysis=not args.no_analysis,
         analysis_samples=args.analysis_samples,
         analysis_budget=args.analysis_budget,
+        window_samples=args.window_samples,
         grid_columns=args.grid_columns,
         out=args.out,
         cache_dir=None if args.no_cache else args.cache_dir,

@@ -3,7 +3,8 @@
 One bench = a full-compute reference (``reference.py``), then for each budget and method one run
 over all samples with the config ``budgets.py`` chooses; each run's row (``rows.py``) goes into
 ``results.json``, rewritten after every run so ``resume`` can continue; then the Fig. 1 analyses
-(``analysis.py``) and the report (``report.py``).
+and the diagnosis (``analysis.py``; each under its own key, computed when missing) and the report
+(``report.py``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ from relcache.evaluation.budgets import (
     analysis_configs,
     bench_method,
     config_for_budget,
+    diagnosis_configs,
 )
+from relcache.evaluation.quality import Quality
 from relcache.evaluation.reference import reference
 from relcache.evaluation.report import grid_path, write_report
 from relcache.evaluation.rows import RowBuilder, json_safe, to_json
-from relcache.evaluation.runner import reset_peak_memory, sample_set, warm_up
+from relcache.evaluation.runner import (
+    Generation,
+    reset_peak_memory,
+    run_method,
+    sample_set,
+    schedule_share,
+    warm_up,
+)
 from relcache.evaluation.settings import BenchSettings
 
 RESULTS = "results.json"
@@ -169,30 +179,112 @@ class Bench:
 
     # ----- analyses (rank 0) -----
     def run_analysis(self) -> None:
-        """Prediction errors at ``fig_budget`` and the feature dynamics (Fig. 1)."""
-        s = self.s
-        if not s.analysis or self.results.get("analysis") is not None:
+        """The analyses missing from results["analysis"] (each group under keys of its own, so a
+        resumed bench computes only what an older results.json lacks)."""
+        s, a = self.s, self.results.get("analysis") or {}
+        if not s.analysis:
             return
-        n, budget = s.analysis_samples, s.fig_budget
-        rfc_row = self.results["runs"].get(f"rfc2@{budget}")
-        tau = rfc_row["threshold"] if rfc_row else self.config_for("rfc2", budget)[1]["threshold"]
-        interval, configs = analysis_configs(budget, s.steps, tau)
+        need_tau = "prediction_error" not in a or "increment_error" not in a
+        tau = self._analysis_tau() if need_tau else None  # calibration: on every rank
         if not self.main:
             return
-        seeds, labels = self.seeds[:n], self.labels[:n]
-        kw = dict(steps=s.steps, cfg_scale=s.cfg_scale)
+        self.results["analysis"] = a
+        steps = [
+            ("prediction_error", lambda: self._fig1(tau)),
+            ("increment_error", lambda: self._diagnosis(tau)),
+            ("schedule_backfill", self._schedule_backfill),
+            ("step_windows", self._step_windows),
+        ]
+        for key, compute in steps:
+            if key not in a:
+                a.update(compute())
+                self.save_results()
+
+    def _analysis_tau(self) -> float:
+        """RFC's threshold at the analysis budget: its run's, or calibrated."""
+        budget = self.s.fig_budget
+        row = self.results["runs"].get(f"rfc2@{budget}")
+        return row["threshold"] if row else self.config_for("rfc2", budget)[1]["threshold"]
+
+    def _analysis_set(self, n: int) -> tuple[list[int], torch.Tensor, dict]:
+        """The first ``n`` bench seeds and labels, and the sampler keywords."""
+        kw = dict(steps=self.s.steps, cfg_scale=self.s.cfg_scale)
+        return self.seeds[:n], self.labels[:n], kw
+
+    def _fig1(self, tau: float) -> dict:
+        """Prediction errors at ``fig_budget`` and the feature dynamics (Fig. 1)."""
+        s = self.s
+        interval, configs = analysis_configs(s.fig_budget, s.steps, tau)
+        seeds, labels, kw = self._analysis_set(s.analysis_samples)
         errors = analysis.prediction_errors(self.model, configs, seeds, labels, **kw,
                                             progress=s.progress)  # fmt: skip
         dynamics = analysis.feature_dynamics(self.model, seeds, labels, **kw)
-        self.results["analysis"] = {
-            "budget": budget,
+        return {
+            "budget": s.fig_budget,
             "interval": interval,
-            "samples": n,
+            "samples": s.analysis_samples,
             "prediction_error": errors,
             "dynamics": dynamics,
             "ratio_stability": analysis.ratio_stability(dynamics),
         }
-        self.save_results()
+
+    def _diagnosis(self, tau: float) -> dict:
+        """Magnitude / direction errors and teacher-forced vs free-running errors per step."""
+        s = self.s
+        configs = diagnosis_configs(s.fig_budget, s.steps, tau)
+        seeds, labels, kw = self._analysis_set(s.analysis_samples)
+        increments, forcing = analysis.diagnosis(self.model, configs, seeds, labels, **kw,
+                                                 progress=s.progress)  # fmt: skip
+        meta = {"budget": s.fig_budget, "samples": s.analysis_samples}
+        return {"increment_error": {**meta, "methods": increments},
+                "teacher_forcing": {**meta, "methods": forcing}}  # fmt: skip
+
+    def _schedule_backfill(self) -> dict:
+        """schedule_share of runs recorded without one (an older results.json): a fixed
+        schedule's from its config, an adaptive one's rerun on the first window_count seeds."""
+        n = self.s.window_count
+        seeds, labels, kw = self._analysis_set(n)
+        out = {}
+        for run_id, row in self.results["runs"].items():
+            config = None if "schedule_share" in row else config_of_row(row, self.s.steps)
+            if config is None:
+                continue
+            fixed = config.schedule(self.s.steps)
+            if fixed is not None:
+                share, source = schedule_share([fixed], self.s.steps), "config"
+            else:
+                gen = run_method(self.model, config, seeds, labels, **kw, progress=False,
+                                 batch_size=self.s.batch_size)  # fmt: skip
+                share, source = gen.schedule_share(self.s.steps), f"rerun on {n} images"
+            out[run_id] = {"schedule_share": share, "source": source}
+        return {"schedule_backfill": out}
+
+    def _step_windows(self) -> dict:
+        """Final PSNR / FD2FC when caching only inside one window of 8 steps."""
+        n = self.s.window_count
+        seeds, labels, kw = self._analysis_set(n)
+        ref = Generation(self.ref.images[:n], self.ref.nfc_per_image[:n], 0.0, 0)
+        quality = Quality(ref, labels, self.rows.quality.classifier)
+        windows = analysis.step_windows(self.model, seeds, labels, quality, **kw,
+                                        batch_size=self.s.batch_size,
+                                        progress=self.s.progress)  # fmt: skip
+        return {"step_windows": {"samples": n, "width": 8, "order": 2, "windows": windows}}
+
+
+def config_of_row(row: dict, steps: int) -> CacheMethod | None:
+    """The config a run row was made with (rebuilt from its method, budget and threshold), or
+    None for full compute or when the rebuilt config is not the row's."""
+    if row["method"] == "full":
+        return None
+    spec = bench_method(row["method"])
+    try:
+        if row.get("threshold") is not None:
+            config = spec.entry.make(**spec.knobs, threshold=row["threshold"])
+        else:
+            config = spec.entry.for_nfc(row["budget"], steps, **spec.knobs)[0]
+    except ValueError:
+        return None
+    return config if repr(config) == row["config"] else None
 
 
 def run_bench(model: nn.Module, classifier: nn.Module | None, s: BenchSettings) -> dict:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from relcache.caching.methods import (
     FORA,
+    RECOMMENDED,
     RFC,
     CacheMethod,
     MethodEntry,
@@ -30,6 +31,7 @@ __all__ = [
     "bench_method",
     "calibrate_threshold",
     "config_for_budget",
+    "diagnosis_configs",
     "interval_for_nfc",
 ]
 
@@ -132,3 +134,11 @@ def analysis_configs(budget: int, steps: int, tau: float) -> tuple[int, dict[str
         f"+RFE N={n} m=2": RFC(order=2, rcs=False, interval=n),
         f"RFC m=2 tau={tau:.3g}": RFC(order=2, threshold=tau),
     }
+
+
+def diagnosis_configs(budget: int, steps: int, tau: float) -> dict[str, CacheMethod]:
+    """The diagnosis' methods: the prediction-error analysis' and the recommended configuration."""
+    entry, values = parse_method(RECOMMENDED)
+    recommended = entry.for_nfc(budget, steps, **values)[0]
+    configs = analysis_configs(budget, steps, tau)[1]
+    return {**configs, f"recommended ({recommended.describe()})": recommended}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -119,7 +119,7 @@ def run_sharded(
     else:
         c = model.config
         empty = torch.empty(0, c.in_channels, c.input_size, c.input_size)
-        part = Generation(empty, torch.empty(0), 0.0, 0)
+        part = Generation(empty, torch.empty(0), 0.0, 0, [])
     if world == 1:
         return part
     parts = gather(part)
@@ -128,7 +128,13 @@ def run_sharded(
         torch.cat([p.nfc_per_image for p in parts]),
         sum(p.seconds for p in parts),
         max(p.peak_cache_bytes for p in parts),
+        None if any(p.full_steps is None for p in parts) else _concat(p.full_steps for p in parts),
     )
+
+
+def _concat(lists: Iterable[list]) -> list:
+    """The lists one after the other."""
+    return [x for part in lists for x in part]
 
 
 def peak_memory_over_ranks(device: torch.device) -> dict:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from relcache.evaluation import plots
+from relcache.evaluation.budgets import WARMUP, bench_method
+from relcache.evaluation.plots import mean_of, module_mean
 from relcache.evaluation.rows import finite
 from relcache.evaluation.settings import BenchSettings
 
@@ -182,8 +184,13 @@ def write_report(results: dict, s: BenchSettings) -> Path:
     for budget in s.budgets:
         _write_grid(results, s, budget)
     a = results.get("analysis")
-    if a:
+    if a and "prediction_error" in a:
         _write_analysis_plots(a, out)
+    if a:
+        _write_diagnosis_plots(a, out)
+    shares = schedule_shares(results, s)
+    if shares:
+        plots.plot_schedules(shares, out / "schedules.png")
     path = out / "report.md"
     path.write_text(report_markdown(results, s))
     return path
@@ -208,6 +215,22 @@ def _write_analysis_plots(a: dict, out: Path) -> None:
     names = list(a["dynamics"])
     few = [names[0], names[len(names) // 2], names[-1]] if len(names) >= 3 else names
     plots.plot_feature_dynamics(a["dynamics"], few, out / "feature_dynamics.png")
+
+
+def _write_diagnosis_plots(a: dict, out: Path) -> None:
+    """Increment errors, teacher forcing and step windows, where measured."""
+    if "increment_error" in a:
+        inc = a["increment_error"]
+        title = f"NFC {inc['budget']}"
+        plots.plot_increment_errors(inc["methods"], out / "increment_error.png", title)
+    if "teacher_forcing" in a:
+        tf = a["teacher_forcing"]
+        title = f"relative L1 error at NFC {tf['budget']}"
+        plots.plot_teacher_forcing(tf["methods"], out / "teacher_forcing.png", title)
+    if a.get("step_windows"):
+        w = a["step_windows"]
+        title = f"{w['samples']} samples"
+        plots.plot_step_windows(w["windows"], out / "step_windows.png", title)
 
 
 def report_markdown(results: dict, s: BenchSettings) -> str:
@@ -264,6 +287,7 @@ def report_markdown(results: dict, s: BenchSettings) -> str:
             "",
         ]
     lines += _analysis_section(results.get("analysis"))
+    lines += diagnosis_section(results, s)
     grids = [f"grid_nfc{b}" for b in s.budgets]
     lines += ["## Image grids", ""] + [f"![{g}]({g}.png)" for g in grids] + [""]
     return "\n".join(lines)
@@ -271,7 +295,7 @@ def report_markdown(results: dict, s: BenchSettings) -> str:
 
 def _analysis_section(a: dict | None) -> list[str]:
     """Report lines of the prediction-error and feature-dynamics analyses."""
-    if not a:
+    if not a or "prediction_error" not in a:
         return []
     errors, stab = a["prediction_error"], a["ratio_stability"]
     mean_err = [
@@ -306,3 +330,204 @@ def _analysis_section(a: dict | None) -> list[str]:
         "",
     ]
     return lines
+
+
+# --- the diagnosis (issue 10) --------------------------------------------------------------------
+
+
+def schedule_shares(results: dict, s: BenchSettings) -> dict[int, dict[str, list[float]]]:
+    """budget -> method label -> per-step fraction of samples computing the step fully: from
+    the run rows, else from the analysis' backfill (runs recorded before schedules were)."""
+    backfill = (results.get("analysis") or {}).get("schedule_backfill", {})
+    out: dict[int, dict[str, list[float]]] = {}
+    for _, row, share in _rows_with_shares(results, s, backfill):
+        out.setdefault(row["budget"], {})[row["label"]] = share
+    return out
+
+
+def _rows_with_shares(
+    results: dict, s: BenchSettings, backfill: dict
+) -> list[tuple[str, dict, list[float]]]:
+    """(run id, row, schedule_share) of each cached run that has one, in report order."""
+    pairs = []
+    for budget in s.budgets:
+        for m in s.methods:
+            run_id = f"{m}@{budget}"
+            row = results["runs"].get(run_id)
+            share = None if row is None else row.get("schedule_share")
+            share = share or backfill.get(run_id, {}).get("schedule_share")
+            if share:
+                pairs.append((run_id, row, share))
+    return pairs
+
+
+def schedule_summary(row: dict, share: list[float], source: str) -> dict:
+    """Where a run's full steps after the warm-up fall: mean count in each half, mean step."""
+    steps, half = len(share), len(share) // 2
+    after = list(range(WARMUP, steps))
+    total = sum(share[i] for i in after)
+    return {
+        "label": row["label"],
+        "budget": row["budget"],
+        "nfc": row["nfc"],
+        "early": sum(share[i] for i in range(WARMUP, half)),
+        "late": sum(share[i] for i in range(half, steps)),
+        "late_share": sum(share[i] for i in range(half, steps)) / total if total else None,
+        "mean_step": sum(i * share[i] for i in after) / total if total else None,
+        "source": source,
+    }
+
+
+def diagnosis_section(results: dict, s: BenchSettings) -> list[str]:
+    """Report lines of the four diagnosis analyses (each only when measured)."""
+    a = results.get("analysis") or {}
+    lines = _increment_lines(a.get("increment_error"))
+    lines += _forcing_lines(a.get("teacher_forcing"))
+    lines += _schedule_lines(results, s)
+    lines += _window_lines(a.get("step_windows"), s)
+    return lines + _mechanism_lines(results, s)
+
+
+def _increment_lines(inc: dict | None) -> list[str]:
+    """Magnitude vs direction error of the predicted change."""
+    if not inc:
+        return []
+    rows = [
+        {
+            "label": label,
+            "magnitude": mean_of(module_mean(e["magnitude"])),
+            "abs_magnitude": mean_of(
+                [abs(v) for v in module_mean(e["magnitude"]) if v is not None]
+            ),
+            "direction": mean_of(module_mean(e["direction"])),
+        }
+        for label, e in inc["methods"].items()
+    ]
+    fmt = {
+        k: "{:+.3f}" if k == "magnitude" else "{:.3f}"
+        for k in ("magnitude", "abs_magnitude", "direction")
+    }
+    return [
+        f"## Magnitude vs direction of the predicted change (NFC {inc['budget']}, "
+        f"{inc['samples']} samples, free-running)",
+        "",
+        "At cached steps, with O the module's actual output, O_hat the prediction and O(i) the "
+        "output at the last full step: magnitude error (||O_hat - O(i)|| - ||O - O(i)||) / "
+        "||O - O(i)|| (negative: the change is underestimated; FORA predicts no change, -1) and "
+        "direction error 1 - cos(O_hat - O(i), O - O(i)) (0: right direction; FORA: 1 by "
+        "convention), per row, averaged over rows and modules per step, then over steps:",
+        "",
+        format_markdown(rows, ("label", "magnitude", "abs_magnitude", "direction"), fmt),
+        "",
+        "![increment error](increment_error.png)",
+        "",
+    ]
+
+
+def _forcing_lines(tf: dict | None) -> list[str]:
+    """Teacher-forced vs free-running relative L1 error."""
+    if not tf:
+        return []
+    rows = []
+    for label, e in tf["methods"].items():
+        forced, free = mean_of(e["teacher_forced"]), mean_of(e["free_running"])
+        ratio = free / forced if forced and free is not None else None
+        rows.append(
+            {"label": label, "teacher_forced": forced, "free_running": free, "ratio": ratio}
+        )
+    fmt = {"teacher_forced": "{:.4f}", "free_running": "{:.4f}", "ratio": "{:.2f}"}
+    return [
+        f"## Teacher-forced vs free-running error (NFC {tf['budget']}, {tf['samples']} samples)",
+        "",
+        "Relative L1 error ||O_hat - O||_1 / ||O||_1 at cached steps. Teacher-forced: every "
+        "module returns its actual output, so the trajectory stays the full-compute one and the "
+        "error is the predictor's alone; free-running: the cached trajectory, where earlier "
+        "errors feed later inputs. ratio = free-running / teacher-forced (mean over steps):",
+        "",
+        format_markdown(rows, ("label", "teacher_forced", "free_running", "ratio"), fmt),
+        "",
+        "![teacher forcing](teacher_forcing.png)",
+        "",
+    ]
+
+
+def _schedule_lines(results: dict, s: BenchSettings) -> list[str]:
+    """Where each run spent its full steps."""
+    backfill = (results.get("analysis") or {}).get("schedule_backfill", {})
+    pairs = _rows_with_shares(results, s, backfill)
+    if not pairs:
+        return []
+    rows = [
+        schedule_summary(r, share, backfill.get(run_id, {}).get("source", "run"))
+        for run_id, r, share in pairs
+    ]
+    half = s.steps // 2
+    fmt = {"early": "{:.2f}", "late": "{:.2f}", "late_share": "{:.2f}", "mean_step": "{:.1f}"}
+    cols = ("label", "budget", "nfc", "early", "late", "late_share", "mean_step", "source")
+    return [
+        "## Full-step schedules per budget",
+        "",
+        f"For each run, the fraction of samples that computed step i fully (cond row; fixed "
+        f"schedules: 0 or 1). early / late: mean full steps per sample after the {WARMUP} "
+        f"warm-up steps in [{WARMUP}, {half}) and [{half}, {s.steps}); late_share: late / "
+        "(early + late); mean_step: mean index of those full steps. source: run = recorded by "
+        "the run over all samples; config = its fixed schedule; rerun = the run's config rerun "
+        "on the first bench seeds (a results.json recorded before schedules were).",
+        "",
+        format_markdown(rows, cols, {**TABLE_FORMATS, **fmt}),
+        "",
+        "![schedules](schedules.png)",
+        "",
+    ]
+
+
+def _window_lines(w: dict | None, s: BenchSettings) -> list[str]:
+    """Which steps matter: quality when caching only inside one window."""
+    if not w or not w.get("windows"):
+        return []
+    rows = [{**x, "window": f"[{x['start']}, {x['stop']})"} for x in w["windows"]]
+    return [
+        f"## Which steps matter ({w['samples']} samples)",
+        "",
+        f"Full compute everywhere except one window of {w['width']} steps, where TaylorSeer "
+        f"m={w['order']} caches with one full step at the window's start (explicit full_steps). "
+        "PSNR and FD2FC against full compute on the same seeds (the first bench seeds):",
+        "",
+        format_markdown(rows, ("window", "nfc", "psnr", "fd2fc"), TABLE_FORMATS),
+        "",
+        "![step windows](step_windows.png)",
+        "",
+    ]
+
+
+def _mechanism_lines(results: dict, s: BenchSettings) -> list[str]:
+    """The finding in numbers: where caching hurts most, and where adaptive runs spend."""
+    a = results.get("analysis") or {}
+    parts = _window_finding((a.get("step_windows") or {}).get("windows", []))
+    for _, row, share in _rows_with_shares(results, s, a.get("schedule_backfill", {})):
+        summary = schedule_summary(row, share, "")
+        if bench_method(row["method"]).adaptive and summary["late_share"] is not None:
+            parts.append(
+                f"{row['label']} at NFC {row['budget']} spends {summary['late_share']:.0%} of "
+                f"its full steps after warm-up in the second half (mean step "
+                f"{summary['mean_step']:.1f})"
+            )
+    if not parts:
+        return []
+    return ["## What the diagnosis shows", "", *[f"- {p}." for p in parts], ""]
+
+
+def _window_finding(windows: list[dict]) -> list[str]:
+    """The window where caching costs the most, against the one where it costs the least."""
+    windows = [x for x in windows if finite(x.get("psnr"))]
+    if len(windows) < 2:
+        return []
+    worst = min(windows, key=lambda x: x["psnr"])
+    best = max(windows, key=lambda x: x["psnr"])
+    both = finite(worst.get("fd2fc")) and finite(best.get("fd2fc"))
+    fd = f", FD2FC {worst['fd2fc']:.3g} vs {best['fd2fc']:.3g}" if both else ""
+    return [
+        f"caching inside [{worst['start']}, {worst['stop']}) costs the most (PSNR "
+        f"{worst['psnr']:.1f} dB vs {best['psnr']:.1f} dB for [{best['start']}, "
+        f"{best['stop']}){fd})"
+    ]

@@ -106,4 +106,7 @@ class RowBuilder:
             "peak_cache_mb": gen.peak_cache_bytes / 2**20,
             **(memory or {}),
         }
+        share = gen.schedule_share(self.steps)
+        if share is not None:
+            row["schedule_share"] = share
         return {**row, **self.quality(gen.images)}

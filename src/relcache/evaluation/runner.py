@@ -26,11 +26,25 @@ class Generation:
     nfc_per_image: torch.Tensor  # (N,) mean NFC of each image's cond and uncond rows
     seconds: float
     peak_cache_bytes: int
+    full_steps: list[list[int]] | None = None  # per image: its cond row's full steps
 
     @property
     def mean_nfc(self) -> float:
         """NFC averaged over images."""
         return float(self.nfc_per_image.mean())
+
+    def schedule_share(self, steps: int) -> list[float] | None:
+        """Per step: the fraction of images whose cond row ran it fully (None: not recorded)."""
+        return None if self.full_steps is None else schedule_share(self.full_steps, steps)
+
+
+def schedule_share(full_steps: Sequence[Sequence[int]], steps: int) -> list[float]:
+    """Per step i < ``steps``: the fraction of schedules that contain i (0 for none given)."""
+    counts = [0] * steps
+    for schedule in full_steps:
+        for i in schedule:
+            counts[i] += 1
+    return [c / max(len(full_steps), 1) for c in counts]
 
 
 class Stopwatch:
@@ -109,7 +123,7 @@ def run_method(
     """Generate one image per (seed, label) with ``config`` (None = full compute)."""
     cfg = model.config
     noise = per_sample_noise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size))
-    images, nfc, peak, seconds = [], [], 0, 0.0
+    images, nfc, full, peak, seconds = [], [], [], 0, 0.0
     tty = sys.stderr.isatty()  # in a log file: an update every 10 s at most, not every batch
     bar = tqdm(total=len(seeds), desc=desc or "sampling", unit="img", disable=not progress,
                mininterval=0.1 if tty else 10.0)  # fmt: skip
@@ -125,10 +139,11 @@ def run_method(
                 )  # fmt: skip
             seconds += watch.seconds
             nfc.append(_image_nfc(model, config, n, steps))
+            full += _image_schedules(model, config, n, steps)
             peak = max(peak, relcache.stats(model).peak_cache_bytes if config else 0)
             bar.update(n)
     bar.close()
-    return Generation(torch.cat(images), torch.cat(nfc), seconds, peak)
+    return Generation(torch.cat(images), torch.cat(nfc), seconds, peak, full)
 
 
 def _image_nfc(model: nn.Module, config: CacheMethod | None, n: int, steps: int) -> torch.Tensor:
@@ -137,6 +152,15 @@ def _image_nfc(model: nn.Module, config: CacheMethod | None, n: int, steps: int)
         return torch.full((n,), float(steps))
     rows = torch.tensor(relcache.stats(model).nfc_per_sample["call0"])  # (2n,)
     return (rows[:n] + rows[n:]) / 2
+
+
+def _image_schedules(
+    model: nn.Module, config: CacheMethod | None, n: int, steps: int
+) -> list[list[int]]:
+    """Per image: the full steps of its cond row (row i of the CFG-doubled batch)."""
+    if config is None:
+        return [list(range(steps)) for _ in range(n)]
+    return [list(rows) for rows in relcache.stats(model).schedules["call0"][:n]]
 
 
 def reset_peak_memory(device: torch.device) -> None:

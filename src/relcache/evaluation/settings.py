@@ -31,6 +31,7 @@ class BenchSettings:
     analysis: bool = True
     analysis_samples: int = 4
     analysis_budget: int | None = None  # None: the middle budget
+    window_samples: int = 64  # images of the step-window analysis (FD2FC needs more than 4)
     grid_columns: int = 16
     out: Path = field(default_factory=lambda: Path("relcache_bench"))
     cache_dir: Path | None = field(default_factory=lambda: Path.home() / ".cache" / "relcache")
@@ -62,6 +63,7 @@ class BenchSettings:
         self._check_methods_and_budgets()
         if self.analysis:
             _check_int("--analysis-samples", self.analysis_samples, 1, "a few (4) are enough")
+            _check_int("--window-samples", self.window_samples, 2, "FD2FC needs 2 images or more")
             if self.analysis_budget is not None and self.analysis_budget not in self.budgets:
                 raise ValueError(
                     f"--analysis-budget {self.analysis_budget} is not one of --budgets "
@@ -90,6 +92,11 @@ class BenchSettings:
             return self.analysis_budget
         return sorted(self.budgets)[len(self.budgets) // 2]
 
+    @property
+    def window_count(self) -> int:
+        """Images of the step-window analysis: the first ``window_samples`` of the bench's."""
+        return min(self.window_samples, self.samples)
+
     def result_key(self) -> dict:
         """The settings a finished run's numbers depend on (compared on ``resume``)."""
         return {k: getattr(self, k) for k in self.RESULT_FIELDS}
@@ -111,6 +118,7 @@ class BenchSettings:
         if self.analysis:
             parts += ["--analysis-samples", str(self.analysis_samples)]
             parts += ["--analysis-budget", str(self.fig_budget)]
+            parts += ["--window-samples", str(self.window_samples)]
         else:
             parts.append("--no-analysis")
         parts += ["--out", str(self.out)]
