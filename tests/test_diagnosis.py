@@ -89,6 +89,7 @@ SECTIONS = (
     "## Full-step schedules per budget",
     "## Which steps matter",
     "## What the diagnosis shows",
+    "## The cached step's cost in kernels",
 )
 PLOTS = ("increment_error", "teacher_forcing", "schedules", "step_windows")
 
@@ -115,6 +116,9 @@ def test_bench_reports_the_diagnosis(bench) -> None:
     for run_id in ("fora@4", "rfc2@4"):
         share = results["runs"][run_id]["schedule_share"]
         assert len(share) == STEPS and share[0] == 1.0
+    counts = a["hot_path"]
+    assert set(counts) == {results["runs"][r]["label"] for r in ("fora@4", "rfc2@4")}
+    assert [c["syncs_per_cached_step"] for c in counts.values()] == [0, 1]  # fora, rfc
     report = (s.out / "report.md").read_text()
     assert all(section in report for section in SECTIONS)
     assert all((s.out / f"{p}.png").stat().st_size > 0 for p in PLOTS)

@@ -25,6 +25,7 @@ from relcache.evaluation.budgets import (
     config_for_budget,
     diagnosis_configs,
 )
+from relcache.evaluation.hot_path import step_counts
 from relcache.evaluation.quality import Quality
 from relcache.evaluation.reference import reference
 from relcache.evaluation.report import grid_path, write_report
@@ -194,6 +195,7 @@ class Bench:
             ("increment_error", lambda: self._diagnosis(tau)),
             ("schedule_backfill", self._schedule_backfill),
             ("step_windows", self._step_windows),
+            ("hot_path", self._hot_path),
         ]
         for key, compute in steps:
             if key not in a:
@@ -269,6 +271,17 @@ class Bench:
                                         batch_size=self.s.batch_size,
                                         progress=self.s.progress)  # fmt: skip
         return {"step_windows": {"samples": n, "width": 8, "order": 2, "windows": windows}}
+
+    def _hot_path(self) -> dict:
+        """Kernels and device reads of one cached step of each method (its config at the
+        analysis budget; counts do not depend on the interval or the threshold)."""
+        out = {}
+        for row in self.results["runs"].values():
+            config = config_of_row(row, self.s.steps)
+            if config is None or row.get("budget") != self.s.fig_budget:
+                continue
+            out[row["label"]] = step_counts(self.model, config)
+        return {"hot_path": out}
 
 
 def config_of_row(row: dict, steps: int) -> CacheMethod | None:

@@ -288,9 +288,30 @@ def report_markdown(results: dict, s: BenchSettings) -> str:
         ]
     lines += _analysis_section(results.get("analysis"))
     lines += diagnosis_section(results, s)
+    lines += _hot_path_lines((results.get("analysis") or {}).get("hot_path"))
     grids = [f"grid_nfc{b}" for b in s.budgets]
     lines += ["## Image grids", ""] + [f"![{g}]({g}.png)" for g in grids] + [""]
     return "\n".join(lines)
+
+
+def _hot_path_lines(counts: dict | None) -> list[str]:
+    """The cached step's kernel budget per method (benchmarks/results/hot_path.md has more)."""
+    if not counts:
+        return []
+    rows = [{"label": label, **c} for label, c in counts.items()]
+    columns = ("label", "kernels_per_cached_module", "engine_kernels_per_cached_step",
+               "syncs_per_cached_step")  # fmt: skip
+    return [
+        "## The cached step's cost in kernels",
+        "",
+        "Aten ops that launch a kernel per cached step, divided by the cached modules (the",
+        "per-step work for all modules included), ops in the engine's hooks, and device reads per",
+        "step (2 rows, every call wrapped in `relcache.at_step`; counted by",
+        "`relcache.evaluation.hot_path`, deterministic).",
+        "",
+        format_markdown(rows, columns, {"kernels_per_cached_module": "{:.2f}"}),
+        "",
+    ]
 
 
 def _analysis_section(a: dict | None) -> list[str]:
