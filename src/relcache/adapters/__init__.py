@@ -27,7 +27,6 @@ class ModelAdapter:
     slice_batch: bool = True
     prepare: Callable[[nn.Module], None] | None = None  # reversible surgery before wrapping
     restore: Callable[[nn.Module], None] | None = None
-    notes: str = ""
 
     def targets(self) -> Targets:
         """The engine's view of this adapter."""

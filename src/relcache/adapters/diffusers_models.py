@@ -178,6 +178,8 @@ _hunyuan_prepare, _hunyuan_restore = _single_stream_surgery(
 )
 
 # ----- the adapters ---------------------------------------------------------------------------
+# BasicTransformerBlock (ada_norm_zero): attn1 and ff before gate_msa/gate_mlp; DiT-XL/2: 28 x 2 =
+# 56
 register_adapter(
     ModelAdapter(
         name="diffusers-dit",
@@ -185,11 +187,11 @@ register_adapter(
         patterns=(r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"),
         driver=r"transformer_blocks\.0\.attn1",
         inputs=hidden_states_input,
-        notes="BasicTransformerBlock (ada_norm_zero): attn1 and ff before gate_msa/gate_mlp; "
-        "DiT-XL/2: 28 x 2 = 56",
     )
 )
 
+# BasicTransformerBlock (ada_norm_single): attn1 and ff before their gates, and the ungated
+# cross-attention attn2 (input: the residual stream); PixArt-alpha: 28 x 3 = 84
 register_adapter(
     ModelAdapter(
         name="diffusers-pixart",
@@ -201,11 +203,11 @@ register_adapter(
         ),
         driver=r"transformer_blocks\.0\.attn1",
         inputs=hidden_states_input,
-        notes="BasicTransformerBlock (ada_norm_single): attn1 and ff before their gates, and the "
-        "ungated cross-attention attn2 (input: the residual stream); PixArt-alpha: 28 x 3 = 84",
     )
 )
 
+# JointTransformerBlock: joint attn -> (img, txt), attn2 (SD3.5 dual-attention layers), ff,
+# ff_context (absent in the last, context_pre_only block)
 register_adapter(
     ModelAdapter(
         name="diffusers-sd3",
@@ -218,8 +220,6 @@ register_adapter(
         ),
         driver=r"transformer_blocks\.0\.attn",
         inputs=joint_inputs,
-        notes="JointTransformerBlock: joint attn -> (img, txt), attn2 (SD3.5 dual-attention "
-        "layers), ff, ff_context (absent in the last, context_pre_only block)",
     )
 )
 
@@ -237,30 +237,32 @@ MMDIT = dict(
     slice_batch=False,  # rotary embeddings (S, D) reach the attention modules
 )
 
+# double blocks: attn -> (img_attn, txt_attn), ff, ff_context; single blocks: fused
+# proj_out(cat(attn, mlp)); FLUX.1: 19 x 4 + 38 = 114 features in 95 modules
 register_adapter(
     ModelAdapter(
         name="diffusers-flux",
         class_names=("FluxTransformer2DModel",),
         prepare=_flux_prepare,
         restore=_flux_restore,
-        notes="double blocks: attn -> (img_attn, txt_attn), ff, ff_context; single blocks: fused "
-        "proj_out(cat(attn, mlp)); FLUX.1: 19 x 4 + 38 = 114 features in 95 modules",
         **MMDIT,
     )
 )
 
+# like FLUX: 20 x 4 + 40 = 120 features in 100 modules; token-replace (I2V) blocks are not
+# supported
 register_adapter(
     ModelAdapter(
         name="diffusers-hunyuanvideo",
         class_names=("HunyuanVideoTransformer3DModel",),
         prepare=_hunyuan_prepare,
         restore=_hunyuan_restore,
-        notes="like FLUX: 20 x 4 + 40 = 120 features in 100 modules; token-replace (I2V) blocks "
-        "are not supported",
         **MMDIT,
     )
 )
 
+# WanTransformerBlock: attn1 and ffn before their gates, ungated cross-attention attn2; Wan2.1-14B:
+# 40 x 3 = 120. Wan2.2's transformer_2 is not cached
 register_adapter(
     ModelAdapter(
         name="diffusers-wan",
@@ -268,7 +270,5 @@ register_adapter(
         patterns=(r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn"),
         driver=r"blocks\.0\.attn1",
         inputs=hidden_states_input,
-        notes="WanTransformerBlock: attn1 and ffn before their gates, ungated cross-attention "
-        "attn2; Wan2.1-14B: 40 x 3 = 120. Wan2.2's transformer_2 is not cached",
     )
 )
