@@ -2,7 +2,7 @@
 # The committed benchmark: shipped DiT-FM, DDIM 50 steps, CFG 3.0, the paper's DiT budgets.
 # Every method x budget runs on the same SAMPLES seeds (image i: seed i, class i % 10); RCS
 # thresholds are calibrated on other images (seeds 100000+). FORA, TaylorSeer m=2, the paper's
-# RFC m=2 and relcache's recommended configuration (rfe2:clamp=1.05, chosen on seeds 10000+ and
+# RFC m=2 (also with CFG-shared decisions) and relcache's recommended configuration (rfe2:clamp=1.05, chosen on seeds 10000+ and
 # 20000+: results/selection.md). The committed run: benchmarks/results/report.md.
 # Usage: benchmarks/run_bench.sh [extra relcache bench flags, e.g. --resume]
 #   NPROC=2 benchmarks/run_bench.sh   # shard the seeds over 2 processes (torchrun, gloo/NCCL)
@@ -17,7 +17,7 @@ ARGS=(
   bench
   --steps 50 --cfg-scale 3.0
   --samples "$SAMPLES" --seed 0
-  --methods fora,taylorseer2,rfc2,rfe2:clamp=1.05
+  --methods fora,taylorseer2,rfc2,rfc2:scope=sample,rfe2:clamp=1.05
   --budgets 14,11,10,8,7
   --calibration-samples 32 --calibration-seed 100000 --batch-size 64
   --analysis-samples 4 --analysis-budget 10 --window-samples 64
