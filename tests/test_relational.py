@@ -39,20 +39,26 @@ def test_rfe_exact_for_linear_module_where_taylor_is_not() -> None:
     assert errors["taylor"] > 1e-3
 
 
+def _rfe_coefficients(taylor, gram, ratio, change):
+    """The coefficients RFE's plan gives one slot: base + ||dI|| * unit * inc. (B, m+1)"""
+    base, unit, inc = rel.rfe_plan(taylor.double(), gram[None], ratio[None].double())
+    return base[0] + change.double()[:, None] * unit[0][:, None] * inc[0]
+
+
 def test_rfe_coefficients_fall_back_to_taylor() -> None:
     taylor = torch.tensor([[1.0, 2.0, 2.0], [1.0, 2.0, 2.0]])
     gram = torch.zeros(2, 2, 2, dtype=torch.float64)  # ||D|| = 0 in row 0
     gram[1] = torch.eye(2, dtype=torch.float64)
     ratio = torch.tensor([1.0, float("nan")])  # s unusable in row 1
-    out = rel.rfe_coefficients(taylor, gram, ratio, torch.tensor([3.0, 3.0]))
-    assert torch.equal(out, taylor)
+    out = _rfe_coefficients(taylor, gram, ratio, torch.tensor([3.0, 3.0]))
+    assert torch.equal(out, taylor.double())
 
 
 def test_rfe_magnitude_matches_relation() -> None:
     # ||D|| = sqrt(c^T G c): D = 2 f1 + 2 f2 with orthonormal f -> ||D|| = sqrt(8)
     taylor = torch.tensor([[1.0, 2.0, 2.0]])
     gram = torch.eye(2, dtype=torch.float64)[None]
-    out = rel.rfe_coefficients(taylor, gram, torch.tensor([0.5]), torch.tensor([4.0]))
+    out = _rfe_coefficients(taylor, gram, torch.tensor([0.5]), torch.tensor([4.0]))
     alpha = 0.5 * 4.0 / 8**0.5
     assert torch.allclose(out, torch.tensor([[1.0, 2 * alpha, 2 * alpha]], dtype=out.dtype))
 

@@ -206,7 +206,7 @@ class CacheEngine:
             b.history.step in (step, step + 1) for b in self.branches.values()
         )
         br.decision = br.scheduler.begin(br.history)
-        if br.decision is None and getattr(br.scheduler, "shares_across_branches", False):
+        if br.decision is None and br.scheduler.shares_across_branches:
             lead = self.board.get(step)  # a branch that already decided this step leads
             if lead is not None and lead[0] is not br and lead[2] == br.batch:
                 br.decision = lead[1]
@@ -222,11 +222,6 @@ class CacheEngine:
             self.tracker.reset()
         else:
             del self.branches[name]
-
-    @staticmethod
-    def _shares(br: BranchState) -> bool:
-        """Whether the branches of one step follow one decision (a scheduler's scope)."""
-        return getattr(br.scheduler, "shares_across_branches", False)
 
     def _end_call(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
         if out is None and sys.exc_info()[0] is not None:  # forward raised: always_call hook
@@ -254,7 +249,7 @@ class CacheEngine:
                 detached = [x.detach() for x in inputs]  # a decision has no gradient
                 br.batch = inputs[0].shape[0]
                 br.decision = br.scheduler.at_driver(br.history, br.decision, detached)
-                if self._shares(br):
+                if br.scheduler.shares_across_branches:
                     self.board.setdefault(br.history.step, (br, br.decision, br.batch))
             elif br.decision is None:
                 raise RuntimeError(

@@ -63,7 +63,7 @@ class History:
                 self._scale[key] = taylor.coefficient_scale(self.n_full, order, dtype)
             exponents, scale = self._scale[key]  # (m+1,), (B, m+1)
             k = (self.step - self.last_full).to(dtype)  # (B,)
-            self._coeff[key] = k[:, None] ** exponents * scale  # (B, m+1)
+            self._coeff[key] = k[:, None] ** exponents * scale  # (B, m+1), taylor_coefficients
         return self._coeff[key]
 
     def advance(self, rows: Tensor | None, any_full: bool) -> None:

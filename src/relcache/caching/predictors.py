@@ -139,10 +139,9 @@ class RelationalPredictor(TaylorPredictor):
     subtraction and one norm of its input change, one ``addcmul`` and one ``bmm``.
     """
 
-    def __init__(self, order: int, clamp: float | None = None, smooth: float | None = None) -> None:
+    def __init__(self, order: int, clamp: float | None = None) -> None:
         super().__init__(order)
         self.clamp = clamp  # bound the magnitude to [1/c, c] x the Taylor increment's length
-        self.smooth = smooth  # s <- smooth * s_old + (1 - smooth) * s_new at each full step
         self.relational: dict[str, RelationalState] = {}
         self.ratios: list[Tensor] = []  # per slot: s, (B,), NaN where unusable
         self.grams: list[Tensor] = []  # per slot: <f_r, f_q> of r, q >= 1, (B, m, m)
@@ -166,10 +165,6 @@ class RelationalPredictor(TaylorPredictor):
             else:
                 out_delta = rel.row_norm(new[..., 0] - old[..., 0])  # (b,)
             ratio = torch.where(fresh, float("nan"), rel.relational_ratio(out_delta, in_delta))
-            if self.smooth is not None and self.ratios[slot] is not None:
-                old_s = taylor.select_rows(self.ratios[slot], rows)  # (b,)
-                mixed = torch.lerp(ratio, old_s, self.smooth)
-                ratio = torch.where(old_s.isnan(), ratio, torch.where(ratio.isnan(), old_s, mixed))
             self.ratios[slot] = taylor.put_rows(self.ratios[slot], ratio, rows)
             self.grams[slot] = taylor.put_rows(self.grams[slot], rel.increment_gram(new), rows)
         olds_in = st.last_input or [None] * len(inputs)

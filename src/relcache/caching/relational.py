@@ -35,24 +35,6 @@ def relational_ratio(out_delta: Tensor, in_delta: Tensor) -> Tensor:
     return torch.where(ok, out_delta / torch.where(ok, in_delta, 1.0), float("nan"))
 
 
-def rfe_coefficients(taylor: Tensor, gram: Tensor, ratio: Tensor, in_change: Tensor) -> Tensor:
-    """Rescale the Taylor increment to length s * ||I(i+k) - I(i)|| (§3 RFE).
-
-    taylor: (B, m+1) coefficients k^r/r!; gram: (B, m, m); ratio s: (B,); in_change: (B,).
-    Returns (B, m+1): [1, a*c_1, ..., a*c_m] with a = s*||dI|| / ||D||, or the Taylor
-    coefficients unchanged where ||D|| = 0 or s is unusable.
-    """
-    inc = taylor[:, 1:].double()  # (B, m)
-    d_sq = torch.einsum("bm,bmn,bn->b", inc, gram, inc).clamp_min(0.0)  # (B,)
-    d_norm = d_sq.sqrt()  # (B,)
-    ok = (d_norm > 0) & torch.isfinite(ratio)
-    gain = ratio.double() * in_change.double()  # (B,)
-    alpha = torch.where(ok, gain / torch.where(ok, d_norm, 1.0), 1.0)  # (B,)
-    scale = torch.ones_like(taylor, dtype=torch.float64)
-    scale[:, 1:] = alpha[:, None]
-    return taylor * scale
-
-
 def rfe_plan(taylor: Tensor, gram: Tensor, ratio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """RFE's coefficients for all slots at once, up to the input change n = ||I - I(i)|| (§3).
 

@@ -77,6 +77,7 @@ class Scheduler:
     """Decides each step of one branch; subclasses set ``adaptive`` / ``uses_driver``."""
 
     adaptive: ClassVar[bool] = False  # the full steps depend on the data (no fixed schedule)
+    shares_across_branches = False  # the branches of one step follow the first one's decision
     uses_driver: ClassVar[bool] = False  # called at the driver module with its input
 
     def begin(self, history: History) -> Decision | None:

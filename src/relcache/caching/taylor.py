@@ -36,15 +36,15 @@ def update_factors(old: Tensor | None, value: Tensor, gap: Tensor, n_full: Tenso
     return torch.stack(new, dim=-1)  # (B, N, m+1)
 
 
-def taylor_coefficients(k: Tensor, n_full: Tensor, order: int) -> Tensor:
+def taylor_coefficients(
+    k: Tensor, n_full: Tensor, order: int, dtype: torch.dtype = torch.float64
+) -> Tensor:
     """Coefficients k^r / r! of ``O_hat = sum_r f_r k^r / r!`` (§2); orders not yet formed get 0.
 
-    k: (B,) steps since the last full step; n_full: (B,). Returns (B, m+1) fp64 (tiny).
+    k: (B,) steps since the last full step; n_full: (B,). Returns (B, m+1).
     """
-    r = torch.arange(order + 1, device=k.device)  # (m+1,)
-    fact = torch.tensor([math.factorial(i) for i in range(order + 1)], device=k.device)
-    coeff = k.double()[:, None] ** r / fact  # (B, m+1)
-    return coeff * (r[None, :] < n_full[:, None])
+    exponents, scale = coefficient_scale(n_full, order, dtype)  # (m+1,), (B, m+1)
+    return k.to(dtype)[:, None] ** exponents * scale
 
 
 def coefficient_scale(n_full: Tensor, order: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
