@@ -95,10 +95,58 @@ def apply(
     return target
 
 
-def remove(target: Any) -> Any:
-    """Undo :func:`apply`: every original forward is restored exactly."""
+def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
+    target: Any,
+    *,
+    fullgraph: bool | None = None,
+    mode: str | None = None,
+    dynamic: bool | None = False,
+    **options: Any,
+) -> Any:
+    """``torch.compile`` a cached model's forward; returns ``target``.
+
+    Fixed schedules (FORA, TaylorSeer, +RFE): the step's choice (full or cached) is made in the
+    engine's hooks around the compiled forward, so ``fullgraph=True`` (the default) compiles
+    two graphs (a full step, a cached step) and never recompiles over a trajectory or across
+    generations; ``mode="reduce-overhead"`` gives CUDA graphs on a GPU. RCS decides inside the
+    step, at its driver module, from a device value: one graph break per step there
+    (``fullgraph=False``, the default for RCS). :func:`remove` restores the uncompiled forward.
+    """
+    import torch
+
     model = resolve_model(target)
     engine = _engine(model)
+    adaptive = engine.config.adaptive
+    if fullgraph is None:
+        fullgraph = not adaptive
+    if fullgraph and adaptive:
+        raise ValueError(
+            f"{engine.config.describe()} decides each step at its driver module from a device "
+            "value (RCS), which breaks the graph once per step: pass fullgraph=False, or use a "
+            "fixed schedule such as RFC(rcs=False, interval=N) for one graph"
+        )
+    if engine.observer is not None:
+        raise ValueError("relcache.observe runs eagerly; leave the observe() block first")
+    if not engine.traceable:
+        engine.detach()
+        engine.attach(traceable=True)
+    eager = model.__dict__.get("forward")
+    compiled = torch.compile(
+        model.forward, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options
+    )
+    engine.root_forward = (eager,)  # restored by remove()
+    model.forward = compiled
+    return target
+
+
+def remove(target: Any) -> Any:
+    """Undo :func:`apply` (and :func:`compile`): every original forward is restored exactly."""
+    model = resolve_model(target)
+    engine = _engine(model)
+    if engine.root_forward is not None:
+        del model.forward
+        if engine.root_forward[0] is not None:
+            model.forward = engine.root_forward[0]
     engine.detach()
     if engine.adapter is not None and engine.adapter.restore is not None:
         engine.adapter.restore(model)

@@ -190,6 +190,20 @@ register_adapter(
     )
 )
 
+# relcache's DiffusersDiT (models/diffusers_dit.py): the same transformer called as model(x, t, y)
+register_adapter(
+    ModelAdapter(
+        name="relcache-diffusers-dit",
+        class_names=("DiffusersDiT",),
+        patterns=(
+            r"transformer\.transformer_blocks\.\d+\.attn1",
+            r"transformer\.transformer_blocks\.\d+\.ff",
+        ),
+        driver=r"transformer\.transformer_blocks\.0\.attn1",
+        inputs=hidden_states_input,
+    )
+)
+
 # BasicTransformerBlock (ada_norm_single): attn1 and ff before their gates, and the ungated
 # cross-attention attn2 (input: the residual stream); PixArt-alpha: 28 x 3 = 84
 register_adapter(

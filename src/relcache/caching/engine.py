@@ -110,6 +110,9 @@ class CacheEngine:
         self.observer: Callable[[dict], None] | None = None  # analysis hook, see observe()
         self.shadow = False  # analysis: also run the module at cached steps to measure error
         self.teacher_forced = False  # analysis (with shadow): return the actual outputs
+        self.traceable = False  # wrappers torch.compile traces (relcache.compile), see below
+        self.captured: dict[str, tuple] = {}  # traceable full step: outputs, inputs, template
+        self.root_forward: tuple | None = None  # relcache.compile: the root's own forward, if any
 
     def _pick_driver(self) -> str:
         if self.targets.driver is None:
@@ -123,13 +126,17 @@ class CacheEngine:
         return hits[0]
 
     # ----- attach / detach ------------------------------------------------------------------
-    def attach(self) -> None:
-        """Wrap every target module's forward and hook the root call (hooks run eagerly)."""
+    def attach(self, traceable: bool = False) -> None:
+        """Wrap every target module's forward and hook the root call (hooks run eagerly).
+        ``traceable``: the wrappers torch.compile traces without a graph break (fixed
+        schedules; :meth:`_traced_wrapper`)."""
         modules = dict(self.model.named_modules())
+        self.traceable = traceable
+        wrap = self._traced_wrapper if traceable else self._wrapper
         for name in self.names:
             mod = modules[name]
             self._originals[name] = mod.__dict__.get("forward")
-            mod.forward = self._wrapper(name, mod.forward)
+            mod.forward = wrap(name, mod.forward)
         begin = torch.compiler.disable(self._begin_call)
         end = torch.compiler.disable(self._end_call)
         self._handles = [
@@ -146,6 +153,7 @@ class CacheEngine:
                 modules[name].forward = original
         for h in self._handles:
             h.remove()
+        self._originals.clear()
 
     def reset(self) -> None:
         """Forget every trajectory (called at the start of each generation)."""
@@ -210,6 +218,13 @@ class CacheEngine:
             lead = self.board.get(step)  # a branch that already decided this step leads
             if lead is not None and lead[0] is not br and lead[2] == br.batch:
                 br.decision = lead[1]
+        self._prepare(br)
+
+    @staticmethod
+    def _prepare(br: BranchState) -> None:
+        """Once the step's decision is known: the predictor's shared per-step work, eagerly."""
+        if br.decision is not None and not br.decision.all_full:
+            br.predictor.prepare(br.history)
 
     def _discard_failed(self) -> None:
         """A call raised mid-step: its branch is half-updated, so forget it (and, for an
@@ -230,13 +245,60 @@ class CacheEngine:
         br, self.active = self.active, None
         if br is None:
             return
+        if self.traceable:
+            self._record_captured(br)
         decision = br.decision
         any_full = decision is not None and decision.any_full
         br.history.advance(None if decision is None else decision.rows, any_full)
         if any_full and br.history.started:
             self.peak_bytes = max(self.peak_bytes, sum(b.nbytes() for b in self.branches.values()))
 
+    def _record_captured(self, br: BranchState) -> None:
+        """Traceable mode, after the call: record the full step's captured outputs (in call
+        order, as the eager path does), or count the cached step's predictions (a partial
+        step ran eagerly: recorded and counted already)."""
+        if br.decision.rows is not None:
+            return
+        if not br.decision.all_full:
+            for name in self.names:
+                br.cached_calls[name] = br.cached_calls.get(name, 0) + 1
+            return
+        for name, (outs, inputs, template) in self.captured.items():
+            if not br.history.started:
+                br.history.start_rows(inputs[0].shape[0], inputs[0].device)
+            br.templates[name] = template
+            br.predictor.record(name, br.history, None, _detached(outs), _detached(inputs))
+            br.full_calls[name] = br.full_calls.get(name, 0) + 1
+        self.captured.clear()
+
     # ----- module routing -------------------------------------------------------------------
+    def _traced_wrapper(self, name: str, forward: Callable) -> Callable:
+        """A cached module as torch.compile can trace it: it reads only the step's decision
+        (all full or none: two graphs) and tensors; everything that reads a step counter
+        (recording, coefficients, counters) runs eagerly in the root hooks, outside the graph.
+        RCS decides eagerly at its driver (one graph break per step); a step where only some
+        rows run fully is routed eagerly."""
+
+        def traced_forward(*args: Any, **kwargs: Any) -> Any:
+            br = self.active
+            if br is None:
+                return forward(*args, **kwargs)
+            inputs = as_tensors(self.targets.inputs(name, args, kwargs))
+            if name == self.driver and br.scheduler.uses_driver:
+                decide(br, inputs)  # RCS: the step's one graph break
+            if br.decision.rows is not None:  # RCS per row, some rows full: eagerly
+                return route(br, name, forward, inputs, args, kwargs)
+            if br.decision.all_full:
+                out = forward(*args, **kwargs)
+                outs, template = flatten_output(out)
+                self.captured[name] = (outs, inputs, template)  # recorded after the call
+                return out
+            pred = br.predictor.predict(name, br.history, inputs)
+            return rebuild_output(pred, br.templates[name])
+
+        decide, route = torch.compiler.disable(self._decide), torch.compiler.disable(self._route)
+        return traced_forward
+
     def _wrapper(self, name: str, forward: Callable) -> Callable:
         def cached_forward(*args: Any, **kwargs: Any) -> Any:
             br = self.active
@@ -246,11 +308,7 @@ class CacheEngine:
             if not br.history.started:
                 br.history.start_rows(inputs[0].shape[0], inputs[0].device)
             if name == self.driver and br.scheduler.uses_driver:
-                detached = [x.detach() for x in inputs]  # a decision has no gradient
-                br.batch = inputs[0].shape[0]
-                br.decision = br.scheduler.at_driver(br.history, br.decision, detached)
-                if br.scheduler.shares_across_branches:
-                    self.board.setdefault(br.history.step, (br, br.decision, br.batch))
+                self._decide(br, inputs)
             elif br.decision is None:
                 raise RuntimeError(
                     f"RCS needs its driver {self.driver!r} to run before {name!r} in each step; "
@@ -261,6 +319,17 @@ class CacheEngine:
         # Under torch.compile a cached module runs eagerly (a graph break around it): the step
         # counters it reads would otherwise be guarded and recompile the graph every step.
         return torch.compiler.disable(cached_forward)
+
+    def _decide(self, br: BranchState, inputs: list[Tensor]) -> None:
+        """The driver module's call: the scheduler decides this step (RCS)."""
+        if not br.history.started:
+            br.history.start_rows(inputs[0].shape[0], inputs[0].device)
+        detached = [x.detach() for x in inputs]  # a decision has no gradient
+        br.batch = inputs[0].shape[0]
+        br.decision = br.scheduler.at_driver(br.history, br.decision, detached)
+        if br.scheduler.shares_across_branches:
+            self.board.setdefault(br.history.step, (br, br.decision, br.batch))
+        self._prepare(br)
 
     def _route(
         self,

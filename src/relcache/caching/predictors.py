@@ -40,6 +40,10 @@ class Predictor:
         """Whether ``name`` has been recorded (it can be predicted)."""
         raise NotImplementedError
 
+    def prepare(self, history: History) -> None:
+        """Before a cached step's first prediction (eager, outside any compiled graph): compute
+        what this step's predictions of every module share, so :meth:`predict` reads no step."""
+
     def tensors(self) -> list[Tensor]:
         """Every tensor held, for memory accounting."""
         return []
@@ -85,6 +89,11 @@ class TaylorPredictor(Predictor):
             for f, old, o in zip(st.factors, olds, outputs, strict=True)
         ]
         return olds
+
+    def prepare(self, history: History) -> None:
+        """This step's Taylor coefficients, once per factor dtype."""
+        for dtype in {f.dtype for st in self.modules.values() for f in st.factors}:
+            history.coefficients(self.order, dtype)
 
     def coefficients(self, name: str, history: History, inputs: list[Tensor]) -> list[Tensor]:
         """Per output tensor: the (B, m+1) coefficients of the factors at this step."""
@@ -171,11 +180,17 @@ class RelationalPredictor(TaylorPredictor):
         st.last_input = [
             taylor.put_rows(o, taylor.accum(x), rows) for o, x in zip(olds_in, inputs, strict=False)
         ]
-        self._stacks, self._plan = None, None
+        self._stacks = None  # this step's plan stays: it serves only slots not yet recorded
+
+    def prepare(self, history: History) -> None:
+        """This step's plan for every slot (:meth:`plan`)."""
+        some = next(iter(self.modules.values()), None)
+        if some is not None:
+            self.plan(history, some.factors[0].dtype)
 
     def plan(self, history: History, dtype: torch.dtype) -> StepPlan:
-        """This step's coefficients for every slot, in the factors' dtype (computed once, at
-        the step's first cached module)."""
+        """This step's coefficients for every slot, in the factors' dtype (computed once per
+        step, by :meth:`prepare`)."""
         if self._plan is None or self._plan.step != history.step:
             if self._stacks is None:
                 self._stacks = torch.stack(self.ratios).double(), torch.stack(self.grams)
@@ -189,9 +204,7 @@ class RelationalPredictor(TaylorPredictor):
         return self._plan
 
     def coefficients(self, name, history, inputs) -> list[Tensor]:
-        st = self.relational[name]
-        factors = self.modules[name].factors
-        plan = self.plan(history, factors[0].dtype)
+        st, plan = self.relational[name], self._plan  # prepared: no step is read here
         change = input_change(inputs, st.last_input)[:, None]  # (B, 1)
         if self.clamp is None:
             return [torch.addcmul(plan.base[j], change, plan.gain[j]) for j in st.slots]

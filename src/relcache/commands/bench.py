@@ -40,6 +40,25 @@ def _overrides(text: str) -> dict[str, int | float | str]:
     return out
 
 
+def _registered_peers() -> list[str]:
+    from relcache.peers import PEERS
+
+    return list(PEERS)
+
+
+def _peer_names(text: str) -> tuple[str, ...]:
+    """``all`` or comma-separated registered peer names."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if names == ["all"]:
+        return tuple(_registered_peers())
+    unknown = [n for n in names if n not in _registered_peers()]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer(s) {', '.join(unknown)}; registered: {', '.join(_registered_peers())}"
+        )
+    return tuple(names)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand."""
     from relcache.commands.common import int_list, methods_help, name_list
@@ -112,6 +131,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=d.batch_size,
         help=f"images per forward batch, x2 rows with CFG (default {d.batch_size})",
+    )
+
+    g = p.add_argument_group(
+        "peers: other libraries' caches in the same run (pip install 'relcache[peers]')"
+    )
+    g.add_argument(
+        "--peers",
+        type=_peer_names,
+        default=(),
+        help="comma-separated peer names, or 'all' (registered: "
+        f"{', '.join(_registered_peers())}); each runs with its defaults and tuned to the "
+        "--peer-match method's measured FLOPs at every budget; every row then runs on the "
+        "shipped model converted to diffusers",
+    )
+    g.add_argument(
+        "--peer-match",
+        default=None,
+        help="the method (in --methods) whose FLOPs per budget the peers are tuned to "
+        "(default: the recommended configuration when benched, else the last method)",
     )
 
     g = p.add_argument_group("analyses and outputs")
@@ -207,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
         calibration_samples=args.calibration_samples,
         calibration_seed=args.calibration_seed,
         batch_size=args.batch_size,
+        peers=args.peers,
+        peer_match=args.peer_match,
         analysis=not args.no_analysis,
         analysis_samples=args.analysis_samples,
         analysis_budget=args.analysis_budget,

@@ -20,12 +20,14 @@ from relcache.evaluation import analysis
 from relcache.evaluation import distributed as dist
 from relcache.evaluation.budgets import (
     TAU_RANGE,
+    WARMUP,
     analysis_configs,
     bench_method,
     config_for_budget,
     diagnosis_configs,
 )
 from relcache.evaluation.hot_path import step_counts
+from relcache.evaluation.peers import calibrated, run_peer, tune_peer
 from relcache.evaluation.quality import Quality
 from relcache.evaluation.reference import reference
 from relcache.evaluation.report import grid_path, write_report
@@ -39,6 +41,7 @@ from relcache.evaluation.runner import (
     warm_up,
 )
 from relcache.evaluation.settings import BenchSettings
+from relcache.peers import get_peer
 
 RESULTS = "results.json"
 
@@ -157,17 +160,87 @@ class Bench:
         self.save_results()
 
     def _measure(self, name: str, budget: int, config: CacheMethod) -> dict:
-        """Run ``config`` over all samples; its row (grid images saved)."""
+        """Run ``config`` over all samples; its row (grid images saved), with its FLOPs as
+        FlopCounterMode counts them (one process: the count covers every image)."""
         spec, s = bench_method(name), self.s
         reset_peak_memory(self.device)
+
         gen = dist.run_sharded(self.model, config, self.seeds, self.labels, **s.run_kwargs(),
-                               desc=f"{config.describe()} @ {budget}")  # fmt: skip
+                               desc=f"{config.describe()} @ {budget}",
+                               count_flops=bool(s.peers))  # fmt: skip
         schedule = config.schedule(s.steps)
         target = float(len(schedule)) if schedule is not None else float(budget)
         label = spec.family if spec.adaptive else config.describe()
         self._save_grid_images(f"{name}@{budget}", gen.images)
-        return self.rows(name, spec.family, label, budget, target, config, gen,
-                         dist.peak_memory_over_ranks(self.device))  # fmt: skip
+        row = self.rows(name, spec.family, label, budget, target, config, gen,
+                        dist.peak_memory_over_ranks(self.device))  # fmt: skip
+        return {**row, "gflops": gen.gflops} if s.peers else row
+
+    # ----- peers (one process) -----
+    def run_peers(self) -> None:
+        """Every peer with its defaults, then tuned to the match method's FLOPs per budget."""
+        peers = self.results.setdefault("peers", {})
+        for budget in (*self.s.budgets, None):  # whole budgets first, the defaults last
+            for name in self.s.peers:
+                run_id = f"{name}@{'default' if budget is None else budget}"
+                if run_id not in peers:
+                    peers[run_id] = json_safe(self._peer_row(name, budget))
+                    self.save_results()
+
+    def _peer_row(self, name: str, budget: int | None) -> dict:
+        """One peer run's row, or the error that stopped it (the report says why)."""
+        s, peer = self.s, get_peer(name)
+        head = {"peer": name, "method": name, "budget": budget,
+                "family": peer.label + (" (defaults)" if budget is None else "")}  # fmt: skip
+        kw = dict(steps=s.steps, cfg_scale=s.cfg_scale)
+        cal_seeds, cal_labels = sample_set(s.calibration_seed, s.calibration_samples,
+                                           self.model.config.num_classes)  # fmt: skip
+        try:
+            peer = calibrated(self.model, peer, cal_seeds, cal_labels, **kw)
+            extra = {}
+            if budget is not None:
+                target = self.results["runs"][f"{s.match_method}@{budget}"]["gflops"]
+                start = peer.tuned(s.steps, WARMUP)
+                peer, cal = tune_peer(self.model, start, target, cal_seeds, cal_labels, **kw,
+                                      progress=s.progress)  # fmt: skip
+                extra = {"target_gflops": target, "calibration_gflops": cal}
+            same = self._same_peer(peer.describe())
+            if same is not None:  # tuned to the same knob at another budget: reuse the run
+                return {**same, **head, **extra}
+            run = run_peer(self.model, peer, self.seeds, self.labels, **kw,
+                           batch_size=s.batch_size, progress=s.progress,
+                           desc=f"{peer.describe()} @ {budget or 'defaults'}")  # fmt: skip
+        except Exception as err:  # a peer that cannot run here is reported, not fatal
+            return {**head, "label": peer.describe(), "error": f"{type(err).__name__}: {err}"}
+        gen, full = run.gen, self._full_gflops()
+        return {
+            **head,
+            "label": peer.describe(),
+            **extra,
+            "gflops": run.gflops,
+            "flops_speedup": full / run.gflops,
+            "seconds": gen.seconds,
+            "ms_per_image": 1e3 * gen.seconds / len(gen.images),
+            "wall_speedup": self.ref.seconds / gen.seconds if gen.seconds > 0 else None,
+            "peak_cache_mb": gen.peak_cache_bytes / 2**20,
+            "summary": run.summary,
+            **self.rows.quality(gen.images),
+        }
+
+    def _same_peer(self, label: str) -> dict | None:
+        """A finished peer run with exactly this configuration, if any."""
+        rows = (self.results.get("peers") or {}).values()
+        return next((r for r in rows if r.get("label") == label and "error" not in r), None)
+
+    def _full_gflops(self) -> float:
+        """Full compute's FLOPs per image, counted on one image (they do not vary)."""
+        full = self.results["runs"]["full"]
+        if full.get("gflops") is None:
+            one = dict(steps=self.s.steps, cfg_scale=self.s.cfg_scale, progress=False)
+            gen = run_method(self.model, None, self.seeds[:1], self.labels[:1], **one,
+                             count_flops=True)  # fmt: skip
+            full["gflops"] = gen.gflops
+        return full["gflops"]
 
     def _same_config(self, config: CacheMethod) -> str | None:
         """A finished fixed-schedule run with exactly this config, if any."""
@@ -300,13 +373,28 @@ def config_of_row(row: dict, steps: int) -> CacheMethod | None:
     return config if repr(config) == row["config"] else None
 
 
+def as_diffusers(model: nn.Module) -> nn.Module:
+    """The reference DiT converted exactly to diffusers (``models/diffusers_dit.py``); peers
+    need one process (their FLOPs are counted over the whole run)."""
+    from relcache.models.diffusers_dit import DiffusersDiT
+
+    if dist.rank_and_world()[1] > 1:
+        raise ValueError("--peers runs in one process; start relcache bench without torchrun")
+    return model if isinstance(model, DiffusersDiT) else DiffusersDiT.from_dit(model)
+
+
 def run_bench(model: nn.Module, classifier: nn.Module | None, s: BenchSettings) -> dict:
     """Run (or resume) the bench; rank 0 writes results.json, report.md and the plots."""
+    if s.peers:  # every row on the diffusers model the peers need: same model for all
+        model = as_diffusers(model)
     bench = Bench(model, classifier, s)
     bench.run_reference_row()
     plan = [(name, budget) for budget in s.budgets for name in s.methods]
     for name, budget in tqdm(plan, desc="bench", disable=not (s.progress and bench.main)):
         bench.run(name, budget)
+    if s.peers:
+        bench._full_gflops()
+        bench.run_peers()
     bench.run_analysis()
     if bench.main:
         write_report(bench.results, s)

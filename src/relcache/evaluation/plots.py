@@ -20,16 +20,19 @@ def _pyplot():
     return plt
 
 
-def plot_quality_vs_flops(rows: Sequence[dict], path: Path) -> Path:
-    """FD2FC and PSNR against TFLOPs, one line per method, full compute as a star (Fig. 1d)."""
+def plot_quality_vs_flops(
+    rows: Sequence[dict], path: Path, x: str = "tflops", xlabel: str = "TFLOPs per image"
+) -> Path:
+    """FD2FC and PSNR against ``x`` (FLOPs), one line per method, full compute as a star
+    (Fig. 1d)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     by_method: dict[str, list[dict]] = {}
     for row in rows:
         by_method.setdefault(row["method"], []).append(row)
     for color, (method, group) in enumerate(by_method.items()):
-        group = sorted(group, key=lambda r: r["tflops"])
-        xs = [r["tflops"] for r in group]
+        group = sorted(group, key=lambda r: r[x])
+        xs = [r[x] for r in group]
         for ax, key in zip(axes, ("fd2fc", "psnr"), strict=True):
             pts = [(x, r[key]) for x, r in zip(xs, group, strict=True) if finite(r.get(key))]
             if not pts:
@@ -39,11 +42,11 @@ def plot_quality_vs_flops(rows: Sequence[dict], path: Path) -> Path:
                 *zip(*pts, strict=True), style, color=f"C{color % 10}", label=group[0]["family"]
             )
     for ax, name in zip(axes, ("FD2FC (lower is better)", "PSNR vs full compute, dB"), strict=True):
-        ax.set_xlabel("TFLOPs per image")
+        ax.set_xlabel(xlabel)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8 if len(by_method) <= 10 else 6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,6 +13,7 @@ import torch
 
 from relcache.evaluation import plots
 from relcache.evaluation.budgets import WARMUP, bench_method
+from relcache.evaluation.peers_report import peers_section, write_peers_plot
 from relcache.evaluation.plots import mean_of, module_mean
 from relcache.evaluation.rows import finite
 from relcache.evaluation.settings import BenchSettings
@@ -191,6 +192,7 @@ def write_report(results: dict, s: BenchSettings) -> Path:
     shares = schedule_shares(results, s)
     if shares:
         plots.plot_schedules(shares, out / "schedules.png")
+    write_peers_plot(results, s, out / "quality_vs_gflops_peers.png")
     path = out / "report.md"
     path.write_text(report_markdown(results, s))
     return path
@@ -286,6 +288,7 @@ def report_markdown(results: dict, s: BenchSettings) -> str:
             ),  # fmt: skip
             "",
         ]
+    lines += peers_section(results, s)
     lines += _analysis_section(results.get("analysis"))
     lines += diagnosis_section(results, s)
     lines += _hot_path_lines((results.get("analysis") or {}).get("hot_path"))

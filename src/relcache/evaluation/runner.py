@@ -5,12 +5,14 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 import relcache
@@ -27,6 +29,7 @@ class Generation:
     seconds: float
     peak_cache_bytes: int
     full_steps: list[list[int]] | None = None  # per image: its cond row's full steps
+    gflops: float | None = None  # per image, counted (run_method's count_flops)
 
     @property
     def mean_nfc(self) -> float:
@@ -91,12 +94,14 @@ def sample_batch(
     steps: int,
     cfg_scale: float,
     progress: bool = False,
+    step_context: Callable[[int], AbstractContextManager] | None = None,
 ) -> torch.Tensor:
-    """DDIM with batched CFG (always, even at scale 1) from ``noise`` (N, C, H, W); x_0 on CPU."""
+    """DDIM with batched CFG (always, even at scale 1) from ``noise`` (N, C, H, W); x_0 on CPU.
+    ``step_context(i)`` wraps step i's model call (default: ``relcache.at_step``)."""
     dev = next(model.parameters()).device
     x = denoise(
         model, noise.to(dev), labels.to(dev), steps=steps, cfg_scale=cfg_scale, guided=True,
-        progress=progress,
+        progress=progress, step_context=step_context,
     )  # fmt: skip
     return x.cpu()  # (N, C, H, W)
 
@@ -119,31 +124,66 @@ def run_method(
     batch_size: int = 64,
     progress: bool = True,
     desc: str = "",
+    count_flops: bool = False,
 ) -> Generation:
-    """Generate one image per (seed, label) with ``config`` (None = full compute)."""
+    """Generate one image per (seed, label) with ``config`` (None = full compute);
+    ``count_flops``: see :func:`timed_batches`."""
     cfg = model.config
     noise = per_sample_noise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size))
-    images, nfc, full, peak, seconds = [], [], [], 0, 0.0
-    tty = sys.stderr.isatty()  # in a log file: an update every 10 s at most, not every batch
-    bar = tqdm(total=len(seeds), desc=desc or "sampling", unit="img", disable=not progress,
-               mininterval=0.1 if tty else 10.0)  # fmt: skip
+    nfc, full, peak = [], [], 0
+
+    def run_batch(rows: slice) -> torch.Tensor:
+        nonlocal peak
+        if config is not None:
+            relcache.reset(model)
+        images = sample_batch(model, noise[rows], labels[rows], steps=steps, cfg_scale=cfg_scale,
+                              progress=progress)  # fmt: skip
+        n = len(images)
+        nfc.append(_image_nfc(model, config, n, steps))
+        full.extend(_image_schedules(model, config, n, steps))
+        peak = max(peak, relcache.stats(model).peak_cache_bytes if config else 0)
+        return images
+
     with relcache.cached(model, config):
-        for s in range(0, len(seeds), batch_size):
-            n = len(seeds[s : s + batch_size])
-            with Stopwatch(next(model.parameters()).device) as watch:
-                if config is not None:
-                    relcache.reset(model)
-                images.append(
-                    sample_batch(model, noise[s : s + n], labels[s : s + n], steps=steps,
-                                 cfg_scale=cfg_scale, progress=progress)
-                )  # fmt: skip
-            seconds += watch.seconds
-            nfc.append(_image_nfc(model, config, n, steps))
-            full += _image_schedules(model, config, n, steps)
-            peak = max(peak, relcache.stats(model).peak_cache_bytes if config else 0)
-            bar.update(n)
+        images, seconds, gflops = timed_batches(len(seeds), batch_size, run_batch, model,
+                                                count_flops, progress, desc)  # fmt: skip
+    return Generation(images, torch.cat(nfc), seconds, peak, full, gflops)
+
+
+def timed_batches(
+    total: int,
+    batch_size: int,
+    run_batch: Callable[[slice], torch.Tensor],
+    model: nn.Module,
+    count_flops: bool,
+    progress: bool,
+    desc: str,
+) -> tuple[torch.Tensor, float, float | None]:
+    """``run_batch`` over consecutive slices of ``total`` rows: the images, the seconds and,
+    with ``count_flops``, GFLOPs per image counted by FlopCounterMode on the first batch. That
+    batch is then left out of the timing (the counter slows a step by ~20%) and the seconds are
+    scaled from the other batches to all ``total`` images."""
+    tty = sys.stderr.isatty()  # in a log file: an update every 10 s at most, not every batch
+    bar = tqdm(total=total, desc=desc or "sampling", unit="img", disable=not progress,
+               mininterval=0.1 if tty else 10.0)  # fmt: skip
+    device = next(model.parameters()).device
+    images, seconds, timed, gflops = [], 0.0, 0, None
+    for index, start in enumerate(range(0, total, batch_size)):
+        rows = slice(start, min(start + batch_size, total))
+        counting = count_flops and index == 0
+        with FlopCounterMode(display=False) if counting else nullcontext() as counter:
+            with Stopwatch(device) as watch:
+                images.append(run_batch(rows))
+        n = rows.stop - rows.start
+        if counting:
+            gflops, first = counter.get_total_flops() / n / 1e9, watch.seconds
+        else:
+            seconds, timed = seconds + watch.seconds, timed + n
+        bar.update(n)
     bar.close()
-    return Generation(torch.cat(images), torch.cat(nfc), seconds, peak, full)
+    if count_flops:
+        seconds = seconds * total / timed if timed else first
+    return torch.cat(images), seconds, gflops
 
 
 def _image_nfc(model: nn.Module, config: CacheMethod | None, n: int, steps: int) -> torch.Tensor:

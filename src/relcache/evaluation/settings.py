@@ -6,6 +6,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relcache.caching.methods import RECOMMENDED
 from relcache.evaluation.budgets import DEFAULT_METHODS, WARMUP, bench_method
 from relcache.evaluation.runner import sampling_kwargs
 
@@ -37,6 +38,8 @@ class BenchSettings:
     cache_dir: Path | None = field(default_factory=lambda: Path.home() / ".cache" / "relcache")
     resume: bool = False
     progress: bool = True
+    peers: tuple[str, ...] = ()  # other libraries' caches (relcache.peers), on the diffusers DiT
+    peer_match: str | None = None  # the method whose measured FLOPs the peers are tuned to
     model_name: str = "shipped DiT-FM"
     model_args: str = ""  # the model-selecting flags, for the command line in report.md
 
@@ -48,6 +51,7 @@ class BenchSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "budgets", tuple(self.budgets))
+        object.__setattr__(self, "peers", tuple(self.peers))
         _check_int("--steps", self.steps, WARMUP + 1, f"RFC needs {WARMUP} warmup steps")
         _check_int("--samples", self.samples, 2, "FD needs at least 2 images per method")
         _check_int("--batch-size", self.batch_size, 1, "use 64 on a CPU")
@@ -61,6 +65,7 @@ class BenchSettings:
                 f"images; pass --calibration-seed {self.seed + self.samples} or higher"
             )
         self._check_methods_and_budgets()
+        self._check_peers()
         if self.analysis:
             _check_int("--analysis-samples", self.analysis_samples, 1, "a few (4) are enough")
             _check_int("--window-samples", self.window_samples, 2, "FD2FC needs 2 images or more")
@@ -84,6 +89,27 @@ class BenchSettings:
                     f"budget NFC {b!r} must be an integer in [{WARMUP}, {self.steps}]: at most "
                     f"--steps, at least the {WARMUP} warmup steps; drop it or raise --steps"
                 )
+
+    def _check_peers(self) -> None:
+        """Registered peer names; the method they are matched to is benched."""
+        if not self.peers:
+            return
+        from relcache.peers import get_peer
+
+        for name in self.peers:
+            get_peer(name)  # ValueError naming the registered peers
+        if self.match_method not in self.methods:
+            raise ValueError(
+                f"--peer-match {self.match_method} is not in --methods; add it, or pick one of "
+                f"{','.join(self.methods)}"
+            )
+
+    @property
+    def match_method(self) -> str:
+        """The method whose measured FLOPs per budget the peers are tuned to."""
+        if self.peer_match is not None:
+            return self.peer_match
+        return RECOMMENDED if RECOMMENDED in self.methods else self.methods[-1]
 
     @property
     def fig_budget(self) -> int:
@@ -115,6 +141,8 @@ class BenchSettings:
         parts += ["--calibration-samples", str(self.calibration_samples)]
         parts += ["--calibration-seed", str(self.calibration_seed)]
         parts += ["--batch-size", str(self.batch_size)]
+        if self.peers:
+            parts += ["--peers", ",".join(self.peers), "--peer-match", self.match_method]
         if self.analysis:
             parts += ["--analysis-samples", str(self.analysis_samples)]
             parts += ["--analysis-budget", str(self.fig_budget)]

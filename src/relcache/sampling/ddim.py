@@ -300,8 +300,12 @@ def denoise(
     generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
+    step_context: Callable[[int], AbstractContextManager] | None = None,
 ) -> torch.Tensor:
-    """DDIM from x_T = ``noise`` (N, C, H, W) to x_0 (N, C, H, W), with CFG iff ``guided``."""
+    """DDIM from x_T = ``noise`` (N, C, H, W) to x_0 (N, C, H, W), with CFG iff ``guided``.
+
+    ``step_context(i)`` wraps step i's model call; by default ``relcache.at_step(model, i)``.
+    """
     if guided:
         wrap = sequential_cfg_model_fn if sequential_cfg else cfg_model_fn
         model_fn = wrap(model, y, cfg_scale, guidance_channels)
@@ -320,7 +324,7 @@ def denoise(
                 generator=generator,
                 progress=progress,
                 callback=callback,
-                step_context=lambda i: at_step(model, i),
+                step_context=step_context or (lambda i: at_step(model, i)),
             )  # (2N or N, C, H, W)
     finally:
         model.train(was_training)

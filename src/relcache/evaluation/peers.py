@@ -1,0 +1,182 @@
+"""Peers (``relcache.peers``) over the bench's sample set, at matched measured FLOPs.
+
+Same converted model, sampler, seeds, CFG and batches as relcache's runs; FLOPs are counted by
+``torch.utils.flop_counter.FlopCounterMode`` around the whole generation for every row (relcache's
+included), so block-level peers that always run some blocks are charged what they run. A peer's
+knob (a threshold, an interval) is tuned to a FLOPs target on the calibration seeds, as RCS's
+threshold is tuned to an NFC (``budgets.py``); the reported rows use the held-out seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from relcache.evaluation.runner import Generation, per_sample_noise, sample_batch, timed_batches
+from relcache.peers import Peer, StepInfo, applied
+from relcache.sampling.ddim import ddim_schedule
+
+__all__ = ["PeerRun", "cache_bytes", "calibrated", "run_peer", "step_infos", "tune_peer"]
+
+
+@dataclass
+class PeerRun:
+    """A peer's samples, their measured FLOPs and what the library reported."""
+
+    gen: Generation
+    gflops: float  # per image (its CFG rows included), FlopCounterMode
+    summary: dict
+
+
+def step_infos(steps: int) -> list[StepInfo]:
+    """Per DDIM step i: the timestep and sigma the sampler's step i runs at (ddim.py's order)."""
+    schedule = ddim_schedule(steps)
+    infos = []
+    for i, index in enumerate(range(len(schedule) - 1, -1, -1)):
+        abar = float(schedule.alphas_cumprod[index])
+        timestep = float(schedule.timesteps[index])
+        a, b = math.sqrt(abar), math.sqrt(1 - abar)
+        infos.append(StepInfo(i, steps, timestep, b / (a + b)))
+    return infos
+
+
+def run_peer(
+    model: nn.Module,
+    peer: Peer,
+    seeds: Sequence[int],
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    cfg_scale: float,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "",
+    count_flops: bool = True,
+) -> PeerRun:
+    """Generate one image per (seed, label) with ``peer`` installed on ``model.transformer``;
+    FLOPs and timing as :func:`runner.timed_batches` measures relcache's runs."""
+    tr, cfg = model.transformer, model.config
+    noise = per_sample_noise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size))
+    infos, peak = step_infos(steps), 0
+
+    def step(i: int):
+        nonlocal peak
+        if i == steps - 1:  # the cache as it stands after a whole trajectory
+            peak = max(peak, cache_bytes(peer.cache_roots(tr)))
+        return peer.step(tr, infos[i])
+
+    def run_batch(rows: slice) -> torch.Tensor:
+        peer.reset(tr)
+        return sample_batch(model, noise[rows], labels[rows], steps=steps, cfg_scale=cfg_scale,
+                            step_context=step)  # fmt: skip
+
+    desc = desc or peer.describe()
+    with applied(peer, tr, steps):
+        images, seconds, gflops = timed_batches(len(seeds), batch_size, run_batch, model,
+                                                count_flops, progress, desc)  # fmt: skip
+        summary = peer.summary(tr)
+    nan = torch.full((len(seeds),), float("nan"))  # a peer has no NFC of its own
+    return PeerRun(Generation(images, nan, seconds, peak, None, gflops), gflops, summary)
+
+
+def calibrated(
+    model: nn.Module,
+    peer: Peer,
+    seeds: Sequence[int],
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    cfg_scale: float,
+) -> Peer:
+    """``peer`` after its own calibration procedure (MagCache's ratios) on ``seeds``, if any."""
+    cfg, infos = model.config, step_infos(steps)
+    noise = per_sample_noise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size))
+
+    def generate(probe: Peer) -> None:
+        sample_batch(model, noise, labels, steps=steps, cfg_scale=cfg_scale,
+                     step_context=lambda i: probe.step(model.transformer, infos[i]))  # fmt: skip
+
+    return peer.calibrate(model.transformer, steps, generate)
+
+
+def tune_peer(
+    model: nn.Module,
+    peer: Peer,
+    target_gflops: float,
+    seeds: Sequence[int],
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    cfg_scale: float,
+    iterations: int = 7,
+    progress: bool = False,
+) -> tuple[Peer, float]:
+    """``peer`` with its knob set so its GFLOPs per image on ``seeds`` is closest to the target
+    (bisection; integers: binary search); also the GFLOPs it measured there."""
+    knob = peer.knob
+    if knob is None:
+        raise ValueError(f"{peer.name} has no knob to tune")
+    tried: dict[float, float] = {}
+    bar = tqdm(desc=f"tune {peer.name}", disable=not progress, leave=False)
+
+    def measure(value: float) -> float:
+        if value not in tried:
+            probe = peer.with_knobs(**{knob.name: value})
+            tried[value] = run_peer(model, probe, seeds, labels, steps=steps, cfg_scale=cfg_scale,
+                                    batch_size=len(seeds), progress=False).gflops  # fmt: skip
+            bar.update()
+            bar.set_postfix({knob.name: f"{value:.4g}", "GFLOPs": f"{tried[value]:.3g}"})
+        return tried[value]
+
+    low, high = knob.low, knob.high
+    for _ in range(iterations):
+        if knob.integer and high - low <= 1:
+            break
+        mid = _middle(low, high, knob.integer, knob.log)
+        cheaper = measure(mid) < target_gflops
+        if cheaper == knob.more_is_cheaper:  # too cheap: move toward more compute
+            high = mid
+        else:
+            low = mid
+    for end in (low, high):
+        measure(end)
+    bar.close()
+    best = min(tried, key=lambda v: (abs(tried[v] - target_gflops), tried[v]))
+    return peer.with_knobs(**{knob.name: int(best) if knob.integer else best}), tried[best]
+
+
+def _middle(low: float, high: float, integer: bool, log: bool) -> float:
+    if integer:
+        return (int(low) + int(high)) // 2
+    return math.sqrt(low * high) if log else (low + high) / 2
+
+
+def cache_bytes(roots: list) -> int:
+    """Bytes of the distinct tensor storages reachable from ``roots`` through containers and
+    plain objects (modules, their parameters and functions are not followed)."""
+    seen_objects: set[int] = set()
+    storages: dict[int, int] = {}
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen_objects:
+            continue
+        seen_objects.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if obj.device.type != "meta":
+                storage = obj.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(obj, (nn.Module, type)) or callable(obj):
+            continue
+        elif isinstance(obj, dict):
+            stack += list(obj.values())
+        elif isinstance(obj, (list, tuple, set)):
+            stack += list(obj)
+        elif hasattr(obj, "__dict__"):
+            stack += list(vars(obj).values())
+    return sum(storages.values())

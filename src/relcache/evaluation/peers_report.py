@@ -1,0 +1,105 @@
+"""The bench report's peers section: tables per budget at matched measured FLOPs, the peers'
+defaults, the ones that could not run (with the error), the plot, and a plain verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relcache.evaluation import plots
+from relcache.evaluation.rows import finite
+from relcache.evaluation.settings import BenchSettings
+
+PEER_COLUMNS = (
+    "label", "gflops", "flops_speedup", "ms_per_image", "wall_speedup", "psnr", "ssim", "fd2fc",
+    "class_accuracy", "peak_cache_mb",
+)  # fmt: skip
+PEER_FORMATS = {"gflops": "{:.3f}", "ms_per_image": "{:.1f}", "peak_cache_mb": "{:.2f}"}
+
+
+def peer_rows(results: dict, budget: int | None) -> list[dict]:
+    """Peer rows that ran at ``budget`` (None: their defaults)."""
+    peers = (results.get("peers") or {}).values()
+    return [r for r in peers if r["budget"] == budget and "error" not in r]
+
+
+def our_rows(results: dict, s: BenchSettings, budget: int) -> list[dict]:
+    """relcache's rows at ``budget`` that have measured FLOPs."""
+    runs = results["runs"]
+    rows = [runs.get(f"{m}@{budget}") for m in s.methods]
+    return [r for r in rows if r is not None and r.get("gflops") is not None]
+
+
+def write_peers_plot(results: dict, s: BenchSettings, path: Path) -> Path | None:
+    """FD2FC and PSNR against measured GFLOPs: relcache's methods and every peer."""
+    if not results.get("peers"):
+        return None
+    rows = [results["runs"]["full"]] if results["runs"]["full"].get("gflops") else []
+    for budget in s.budgets:
+        rows += our_rows(results, s, budget) + peer_rows(results, budget)
+    rows += [{**r, "method": r["method"] + "-defaults"} for r in peer_rows(results, None)]
+    return plots.plot_quality_vs_flops(rows, path, x="gflops", xlabel="GFLOPs per image (counted)")
+
+
+def peers_section(results: dict, s: BenchSettings) -> list[str]:
+    """The report's "Peers" section (empty without peers)."""
+    peers = results.get("peers") or {}
+    if not peers:
+        return []
+    match = s.match_method
+    lines = [
+        "## Peers: other caching libraries on the same model",
+        "",
+        "Every row here ran on the shipped model converted exactly to diffusers' "
+        "`DiTTransformer2DModel`, with the same DDIM sampler, seeds, CFG and batches. GFLOPs per "
+        "image are counted by `torch.utils.flop_counter.FlopCounterMode` over each whole run, "
+        "relcache's rows included (block-level caches pay for the blocks they always run). Each "
+        f"peer's knob was tuned on the calibration seeds to the GFLOPs `{match}` measured at that "
+        "budget; the rows below are on the held-out seeds.",
+        "",
+    ]
+    for budget in s.budgets:
+        rows = our_rows(results, s, budget) + peer_rows(results, budget)
+        if rows:
+            lines += [f"### NFC {budget} of {s.steps}", "",
+                      format_rows(rows), "", *verdict(results, s, budget), ""]  # fmt: skip
+    defaults = peer_rows(results, None)
+    if defaults:
+        lines += ["### Peers at their documented defaults", "", format_rows(defaults), ""]
+    failed = [r for r in peers.values() if "error" in r]
+    if failed:
+        lines += ["### Could not run", ""]
+        lines += [f"- {r['family']} @ {r['budget'] or 'defaults'}: `{r['error']}`" for r in failed]
+        lines.append("")
+    lines += ["![quality vs GFLOPs with the peers](quality_vs_gflops_peers.png)", ""]
+    return lines
+
+
+def format_rows(rows: list[dict]) -> str:
+    """A Markdown table of the peer columns."""
+    from relcache.evaluation.report import format_markdown
+
+    return format_markdown(rows, PEER_COLUMNS, PEER_FORMATS)
+
+
+def verdict(results: dict, s: BenchSettings, budget: int) -> list[str]:
+    """Where the match method is ahead of every peer at this budget, and where it is not."""
+    ours = results["runs"].get(f"{s.match_method}@{budget}")
+    peers = peer_rows(results, budget)
+    if ours is None or not peers:
+        return []
+    parts = []
+    for key, name, better in (("fd2fc", "FD2FC", min), ("psnr", "PSNR", max)):
+        rivals = [r for r in peers if finite(r.get(key)) and better(r[key], ours[key]) != ours[key]]
+        if not rivals:
+            parts.append(f"ahead of every peer on {name} ({ours[key]:.3f})")
+        else:
+            names = ", ".join(f"{r['family']} {r[key]:.3f} at {r['gflops']:.2f} GFLOPs"
+                              for r in rivals)  # fmt: skip
+            parts.append(f"behind on {name} ({ours[key]:.3f}) to {names}")
+    fastest = min(peers, key=lambda r: r["ms_per_image"])
+    speed = "faster than" if ours["ms_per_image"] <= fastest["ms_per_image"] else "slower than"
+    parts.append(
+        f"{ours['ms_per_image']:.1f} ms/image, {speed} the fastest peer ({fastest['family']}, "
+        f"{fastest['ms_per_image']:.1f} ms/image at {fastest['gflops']:.2f} GFLOPs)"
+    )
+    return [f"- **{ours['label']}** ({ours['gflops']:.2f} GFLOPs): " + "; ".join(parts) + "."]

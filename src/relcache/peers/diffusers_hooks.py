@@ -1,0 +1,235 @@
+"""diffusers' own caching hooks (``diffusers.hooks``, 0.42) as peers.
+
+``DiTTransformer2DModel`` has no ``CacheMixin`` (no ``enable_cache``), so the peers call the same
+``apply_*`` functions ``enable_cache`` calls and set the same per-call ``CacheContext`` a pipeline's
+``transformer.cache_context(...)`` sets (name "cond": CFG runs as one batched call, as in the
+project's sampler; step index, step count, timestep and sigma as diffusers' pipelines pass them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from relcache.peers import Knob, Peer, StepInfo, register_peer
+
+ATTENTION = r"transformer_blocks\.\d+\.attn1"
+MLP = r"transformer_blocks\.\d+\.ff"
+
+
+@dataclass
+class DiffusersPeer(Peer):
+    """A ``diffusers.hooks`` cache: its config class and ``apply_*`` function, by name."""
+
+    library: str = "diffusers"
+    config_name: str = ""  # e.g. "FirstBlockCacheConfig"
+    apply_name: str = ""  # e.g. "apply_first_block_cache"
+    base: dict[str, Any] = field(default_factory=dict)  # what this model needs beyond defaults
+    needs_timestep: bool = False  # the config takes current_timestep_callback
+    for_budget: dict[str, Any] = field(default_factory=dict)  # knobs set when tuned to a budget
+    warmup_knob: str | None = None  # its forced-full first steps (set to relcache's warmup)
+    _now: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def budget_knobs(self, steps: int, warmup: int) -> dict[str, Any]:
+        """``for_budget`` and, where it has one, its warmup set to ``warmup`` steps."""
+        knobs = dict(self.for_budget)
+        if self.warmup_knob == "retention_ratio":  # MagCache: int(ratio * steps + 0.5) steps
+            knobs["retention_ratio"] = warmup / steps
+        elif self.warmup_knob is not None:
+            knobs[self.warmup_knob] = warmup
+        return knobs
+
+    def config(self, steps: int) -> Any:
+        """The diffusers config: documented defaults, then ``base``, then ``knobs``."""
+        import diffusers.hooks as hooks
+
+        kwargs = {**self.base, **self.knobs}
+        if self.needs_timestep:
+            kwargs["current_timestep_callback"] = lambda: self._now["t"]
+        if "num_inference_steps" in _fields(getattr(hooks, self.config_name)):
+            kwargs.setdefault("num_inference_steps", steps)
+        return getattr(hooks, self.config_name)(**kwargs)
+
+    def apply(self, transformer: nn.Module, steps: int) -> None:
+        """``diffusers.hooks.apply_*`` as ``enable_cache`` would call it."""
+        import diffusers.hooks as hooks
+
+        getattr(hooks, self.apply_name)(transformer, self.config(steps))
+        _registry(transformer).invalidate_child_registries_cache()
+
+    def remove(self, transformer: nn.Module) -> None:
+        """Remove every hook this peer registered (``disable_cache`` does the same, by name)."""
+        registry = _registry(transformer)
+        registry.invalidate_child_registries_cache()
+        names = set(registry._hook_order)
+        for child in registry._get_child_registries():
+            names |= set(child._hook_order)
+        for name in names:
+            registry.remove_hook(name, recurse=True)
+        registry.invalidate_child_registries_cache()
+
+    def reset(self, transformer: nn.Module) -> None:
+        """``reset_stateful_hooks``: what ``CacheMixin._reset_stateful_cache`` does."""
+        _registry(transformer).reset_stateful_hooks(recurse=True)
+
+    @contextlib.contextmanager
+    def step(self, transformer: nn.Module, info: StepInfo) -> Iterator[None]:
+        """The pipeline's ``cache_context("cond", step_index=..., sigma=...)`` around a call."""
+        from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+        self._now["t"] = info.timestep
+        context = CacheContext("cond", step_index=info.index, num_inference_steps=info.steps,
+                               timestep=info.timestep, sigma=info.sigma)  # fmt: skip
+        _set_cache_context(transformer, context)
+        try:
+            yield
+        finally:
+            _set_cache_context(transformer, None)
+
+    def cache_roots(self, transformer: nn.Module) -> list[Any]:
+        """The hook registries (their states hold the cached tensors)."""
+        return [m._diffusers_hook for m in transformer.modules() if hasattr(m, "_diffusers_hook")]
+
+
+@dataclass
+class MagCachePeer(DiffusersPeer):
+    """MagCache needs per-step magnitude ratios, measured by its own calibration run."""
+
+    def calibrate(self, transformer: nn.Module, steps: int, generate: Any) -> DiffusersPeer:
+        """Run ``generate()`` once in MagCache's calibration mode; the peer with its ratios."""
+        probe = self.with_knobs(calibrate=True)
+        ratios = _capture_mag_ratios(lambda: _run_applied(probe, transformer, steps, generate))
+        return self.with_knobs(mag_ratios=ratios)
+
+
+def _run_applied(peer: Peer, transformer: nn.Module, steps: int, generate: Any) -> None:
+    from relcache.peers import applied
+
+    with applied(peer, transformer, steps):
+        peer.reset(transformer)
+        generate(peer)
+
+
+def _capture_mag_ratios(run: Any) -> list[float]:
+    """MagCache logs its calibration result at INFO on its logger: read it from there."""
+    logger = logging.getLogger("diffusers.hooks.mag_cache")
+    found: list[list[float]] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            match = re.search(r"Calibration Results: \[(.*)\]", record.getMessage())
+            if match:
+                found.append([float(v) for v in match.group(1).split(",")])
+
+    handler, level = Grab(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(None):  # it also prints them
+            run()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    if not found:
+        raise RuntimeError("MagCache's calibration run logged no ratios")
+    return found[-1]
+
+
+def _image_latents(module: nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """SeaCache's ``raw_vision_callback`` for images: each sample's latent as (C, 1, H, W)."""
+    x = kwargs.get("hidden_states", args[0] if args else None)  # (N, C, H, W)
+    return [sample.unsqueeze(1) for sample in x]  # N x (C, 1, H, W)
+
+
+def _registry(transformer: nn.Module) -> Any:
+    from diffusers.hooks import HookRegistry
+
+    return HookRegistry.check_if_exists_or_initialize(transformer)
+
+
+def _fields(cls: type) -> set[str]:
+    return set(getattr(cls, "__dataclass_fields__", {}))
+
+
+THRESHOLD = Knob("threshold", 1e-3, 4.0)
+
+register_peer(
+    DiffusersPeer(
+        name="diffusers-taylorseer",
+        label="diffusers TaylorSeer",
+        config_name="TaylorSeerCacheConfig",
+        apply_name="apply_taylorseer_cache",
+        # its default module patterns ("^transformer_blocks.*attn", re.fullmatch) match no module
+        # of DiTTransformer2DModel (the attention is "attn1"): name the attention modules it means
+        base={"cache_identifiers": [ATTENTION]},
+        # tuned: the modules and order relcache's TaylorSeer m=2 uses, float32 factors
+        for_budget={
+            "cache_identifiers": [ATTENTION, MLP],
+            "max_order": 2,
+            "taylor_factors_dtype": torch.float32,
+        },  # fmt: skip
+        warmup_knob="disable_cache_before_step",
+        knob=Knob("cache_interval", 1, 25, integer=True, log=False),
+    )
+)
+register_peer(
+    DiffusersPeer(
+        name="diffusers-fbc",
+        label="diffusers FirstBlockCache",
+        config_name="FirstBlockCacheConfig",
+        apply_name="apply_first_block_cache",
+        knob=THRESHOLD,
+    )
+)
+register_peer(
+    MagCachePeer(
+        name="diffusers-magcache",
+        label="diffusers MagCache",
+        config_name="MagCacheConfig",
+        apply_name="apply_mag_cache",
+        for_budget={"max_skip_steps": 1000},
+        warmup_knob="retention_ratio",
+        knob=THRESHOLD,
+    )
+)
+register_peer(
+    DiffusersPeer(
+        name="diffusers-pab",
+        label="diffusers PAB",
+        config_name="PyramidAttentionBroadcastConfig",
+        apply_name="apply_pyramid_attention_broadcast",
+        # no skip range by default means no caching: 2 is the value of diffusers' own example
+        base={"spatial_attention_block_skip_range": 2},
+        needs_timestep=True,
+        knob=Knob("spatial_attention_block_skip_range", 2, 25, integer=True, log=False),
+    )
+)
+register_peer(
+    DiffusersPeer(
+        name="diffusers-fastercache",
+        label="diffusers FasterCache",
+        config_name="FasterCacheConfig",
+        apply_name="apply_faster_cache",
+        needs_timestep=True,
+        knob=Knob("spatial_attention_block_skip_range", 2, 25, integer=True, log=False),
+    )
+)
+register_peer(
+    DiffusersPeer(
+        name="diffusers-seacache",
+        label="diffusers SeaCache",
+        config_name="SeaCacheConfig",
+        apply_name="apply_sea_cache",
+        base={"raw_vision_callback": _image_latents},  # built-in adapters: Cosmos / Wan only
+        for_budget={"max_consecutive_cached": 0},  # 0: no cap
+        warmup_knob="retention_steps",
+        knob=THRESHOLD,
+    )
+)

@@ -1,0 +1,117 @@
+"""relcache.compile: the cached model's forward under torch.compile, fullgraph for fixed
+schedules (two graphs, no recompiles over trajectories), one graph break per step for RCS, the
+same samples and stats as eager. Dynamo's "eager" backend keeps the test fast: it traces exactly
+as inductor would, without generating kernels (benchmarks/hot_path.py times inductor)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import relcache
+from relcache.sampling import generate
+from relcache.shipped.loading import random_dit
+
+FIXED = {
+    "fora": relcache.FORA(interval=3),
+    "taylorseer2": relcache.TaylorSeer(interval=3, order=2),
+    "rfe2": relcache.RFC(order=2, rcs=False, interval=3),
+    "rfe2-clamp": relcache.build_method("rfe2", clamp=1.05, interval=3),
+}
+RCS = {
+    "rfc2": relcache.RFC(order=2, threshold=0.3),
+    "rfc2-batch": relcache.RFC(order=2, threshold=0.3, scope="batch"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> Iterator[None]:
+    torch._dynamo.reset()
+    counters.clear()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return random_dit("DiT-FM", depth=2, hidden_size=64, num_heads=4)
+
+
+def _sample(model, seed: int = 1, labels=(1, 2, 3)) -> torch.Tensor:
+    return generate(model, list(labels), steps=12, cfg_scale=3.0, seed=seed, progress=False)
+
+
+def _eager(model, config):
+    with relcache.cached(model, config):
+        return _sample(model), relcache.stats(model)
+
+
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("name", list(FIXED))
+def test_fixed_schedules_compile_to_two_graphs_with_the_eager_samples(model, name) -> None:
+    config = FIXED[name]
+    ref, ref_stats = _eager(model, config)
+    with relcache.cached(model, config):
+        relcache.compile(model, backend="eager")  # fullgraph=True: a graph break would raise
+        out = _sample(model)
+        first = _graphs()
+        again = _sample(model, seed=2)  # a second generation, other noise: no recompile
+        stats = relcache.stats(model)
+    assert first == 2  # the full step and the cached step
+    assert _graphs() == first and not counters["graph_break"]
+    assert torch.equal(out, ref)
+    assert stats.full_steps == ref_stats.full_steps
+    assert stats.module_calls == ref_stats.module_calls
+    assert not torch.equal(again, out)
+
+
+@pytest.mark.parametrize("name", list(RCS))
+def test_rcs_breaks_the_graph_only_at_its_decision(model, name) -> None:
+    config = RCS[name]
+    ref, ref_stats = _eager(model, config)
+    with relcache.cached(model, config):
+        relcache.compile(model, backend="eager")
+        out = _sample(model)
+        first = _graphs()
+        assert torch.equal(_sample(model), out)  # the same generation again: no new graph
+        stats = relcache.stats(model)
+    assert _graphs() == first
+    assert torch.equal(out, ref)
+    assert stats.schedules == ref_stats.schedules and stats.nfc == ref_stats.nfc
+    reasons = list(counters["graph_break"])
+    assert reasons and all("_decide" in r or "_route" in r for r in reasons)
+
+
+def test_rcs_refuses_fullgraph_with_the_fix(model) -> None:
+    with relcache.cached(model, RCS["rfc2"]):
+        with pytest.raises(ValueError, match="fullgraph=False"):
+            relcache.compile(model, fullgraph=True, backend="eager")
+
+
+def test_remove_restores_the_uncompiled_forward(model) -> None:
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([999, 10]), torch.tensor([1, 2])
+    with torch.no_grad():
+        before = model(x, t, y)
+    assert "forward" not in model.__dict__
+    relcache.apply(model, FIXED["taylorseer2"])
+    relcache.compile(model, backend="eager")
+    assert "forward" in model.__dict__
+    relcache.remove(model)
+    assert "forward" not in model.__dict__
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y), before)
+
+
+def test_compile_needs_relcache_applied(model) -> None:
+    with pytest.raises(ValueError, match="relcache.apply first"):
+        relcache.compile(model)

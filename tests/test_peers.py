@@ -1,0 +1,202 @@
+"""Peers (other libraries' caches) on the converted DiT: installed and removed exactly, driven
+by the project's sampler, FLOPs counted and knobs tuned like relcache's; the bench's peers rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+import relcache
+from relcache.evaluation.peers import cache_bytes, calibrated, run_peer, step_infos, tune_peer
+from relcache.evaluation.runner import run_method
+from relcache.evaluation.settings import BenchSettings
+from relcache.peers import PEERS, PeerUnavailable, applied, get_peer
+from relcache.sampling.ddim import ddim_schedule
+
+pytest.importorskip("diffusers")
+from relcache.models.diffusers_dit import DiffusersDiT  # noqa: E402
+from relcache.shipped.loading import random_dit  # noqa: E402
+
+STEPS = 8
+KW = dict(steps=STEPS, cfg_scale=2.0)
+DIFFUSERS_PEERS = [n for n in PEERS if n.startswith("diffusers-") and n != "diffusers-fastercache"]
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+CACHE_DIT = pytest.mark.skipif(not _has("cache_dit"), reason="needs relcache[peers] (cache-dit)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> DiffusersDiT:
+    """A 4-block DiT-FM with random weights (no zero-initialised layers), converted."""
+    return DiffusersDiT.from_dit(random_dit("DiT-FM", depth=4, hidden_size=64, num_heads=4))
+
+
+@pytest.fixture(scope="module")
+def sample_set() -> tuple[list[int], torch.Tensor]:
+    return [0, 1, 2], torch.tensor([0, 3, 7])
+
+
+@pytest.fixture(scope="module")
+def full(model, sample_set):
+    return run_method(model, None, *sample_set, **KW, progress=False, count_flops=True)
+
+
+def _peer(name: str, **knobs):
+    peer = get_peer(name)
+    if name.startswith("cachedit") and not _has("cache_dit"):
+        pytest.skip("needs relcache[peers] (cache-dit)")
+    return peer.with_knobs(**knobs) if knobs else peer
+
+
+def test_step_infos_follow_the_sampler() -> None:
+    """Step i runs at the i-th largest respaced timestep; sigma is in [0, 1] and grows with t."""
+    infos = step_infos(STEPS)
+    ts = ddim_schedule(STEPS).timesteps.flip(0).tolist()
+    assert [i.timestep for i in infos] == ts
+    assert [i.index for i in infos] == list(range(STEPS))
+    sigmas = [i.sigma for i in infos]
+    assert all(0 < s < 1 for s in sigmas) and sigmas == sorted(sigmas, reverse=True)
+
+
+@pytest.mark.parametrize("name", DIFFUSERS_PEERS + ["cachedit-dbcache"])
+def test_removing_a_peer_restores_the_model_exactly(model, name) -> None:
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([999, 500]), torch.tensor([1, 2])
+    with torch.no_grad():
+        before = model(x, t, y)
+        peer = _peer(name)
+        with applied(peer, model.transformer, STEPS):
+            pass
+        after = model(x, t, y)
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize(
+    "name, knobs",
+    [("diffusers-fbc", {"threshold": 0.0}), ("cachedit-dbcache", {"residual_diff_threshold": 0.0})],
+)
+def test_a_threshold_of_zero_caches_nothing(model, sample_set, full, name, knobs) -> None:
+    run = run_peer(model, _peer(name, **knobs), *sample_set, **KW, progress=False)
+    assert torch.equal(run.gen.images, full.images)
+    assert run.gflops == pytest.approx(full.gflops, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name", ["diffusers-fbc", "diffusers-seacache", "cachedit-dbcache-taylorseer"]
+)
+def test_a_large_threshold_caches_and_counts_fewer_flops(model, sample_set, full, name) -> None:
+    knob = get_peer(name).knob.name
+    run = run_peer(model, _peer(name, **{knob: 3.0}), *sample_set, **KW, progress=False)
+    assert run.gflops < 0.8 * full.gflops
+    assert not torch.equal(run.gen.images, full.images)
+    assert run.gen.peak_cache_bytes > 0
+    assert math.isnan(run.gen.mean_nfc)  # a peer has no NFC of its own
+
+
+def test_relcache_on_the_converted_model_counts_its_flops(model, sample_set, full) -> None:
+    """A fixed schedule's counted FLOPs: NFC 4 of 8 full steps cost about half (cached steps
+    still run the embeddings and norms outside the cached modules)."""
+    config = relcache.TaylorSeer(interval=2, order=1)
+    gen = run_method(model, config, *sample_set, **KW, progress=False, count_flops=True)
+    assert gen.mean_nfc == 5
+    assert 0.55 * full.gflops < gen.gflops < 0.75 * full.gflops
+
+
+def test_magcache_calibrates_one_ratio_per_step(model, sample_set) -> None:
+    peer = calibrated(model, get_peer("diffusers-magcache"), *sample_set, **KW)
+    ratios = peer.knobs["mag_ratios"]
+    assert len(ratios) == STEPS and ratios[0] == 1.0 and all(r > 0 for r in ratios)
+    assert "<8 calibrated values>" in peer.describe()
+
+
+def test_tuning_moves_the_flops_to_the_target(model, sample_set, full) -> None:
+    """The tuned threshold's FLOPs are closer to the target than the two ends of its range."""
+    target = 0.6 * full.gflops
+    peer = get_peer("diffusers-fbc")
+    tuned, measured = tune_peer(model, peer, target, *sample_set, **KW, iterations=6)
+    low = run_peer(model, peer.with_knobs(threshold=peer.knob.low), *sample_set, **KW,
+                   progress=False).gflops  # fmt: skip
+    assert abs(measured - target) < abs(low - target)
+    assert tuned.knobs["threshold"] > peer.knob.low
+
+
+def test_tuned_peers_start_from_relcache_warmup() -> None:
+    assert get_peer("diffusers-magcache").tuned(50, 2).knobs["retention_ratio"] == 2 / 50
+    assert get_peer("diffusers-seacache").tuned(50, 2).knobs["retention_steps"] == 2
+    assert get_peer("diffusers-taylorseer").tuned(50, 2).knobs["disable_cache_before_step"] == 2
+    assert get_peer("cachedit-dbcache").tuned(50, 2).knobs["max_warmup_steps"] == 2
+    assert get_peer("diffusers-fbc").tuned(50, 2).knobs == {}
+
+
+def test_cache_bytes_counts_distinct_storages_and_skips_modules() -> None:
+    a = torch.zeros(10)  # 40 bytes
+    holder = type("Holder", (), {})()
+    holder.state = {"x": a, "view": a[:5], "more": [torch.zeros(2, dtype=torch.float64)]}
+    holder.module = torch.nn.Linear(100, 100)  # parameters are not cache
+    assert cache_bytes([holder, None]) == 40 + 16
+
+
+def test_fastercache_cannot_run_on_images(model, sample_set) -> None:
+    """diffusers' FasterCache assumes video latents (5-D); on DiT it fails, and the bench
+    reports the error instead of a row."""
+    with pytest.raises(RuntimeError, match="permute"):
+        run_peer(model, get_peer("diffusers-fastercache"), *sample_set, **KW, progress=False)
+
+
+def test_missing_library_says_how_to_install() -> None:
+    peer = get_peer("cachedit-dbcache")
+    missing = type(peer)(**{**peer.__dict__, "library": "no-such-library"})
+    with pytest.raises(PeerUnavailable, match=r"relcache\[peers\]"):
+        missing.check()
+
+
+def test_settings_check_peers() -> None:
+    with pytest.raises(ValueError, match="unknown peer"):
+        BenchSettings(methods=("taylorseer2",), peers=("no-such-peer",))
+    with pytest.raises(ValueError, match="--peer-match"):
+        BenchSettings(methods=("taylorseer2",), peers=("diffusers-fbc",), peer_match="rfc2")
+    s = BenchSettings(methods=("taylorseer2", "rfe2:clamp=1.05"), peers=("diffusers-fbc",))
+    assert s.match_method == "rfe2:clamp=1.05"
+    assert "--peers diffusers-fbc --peer-match rfe2:clamp=1.05" in s.command()
+
+
+@CACHE_DIT
+def test_bench_with_peers_writes_the_peers_section(tmp_path) -> None:
+    from relcache.cli import main
+
+    names = ("diffusers-fbc", "diffusers-fastercache", "cachedit-dbcache")
+    argv = ["bench", "--preset", "DiT-FM", "--preset-overrides",
+            "depth=2,hidden_size=32,num_heads=2", "--steps", "6", "--samples", "4",
+            "--batch-size", "2", "--budgets", "4", "--methods", "taylorseer2",
+            "--peers", ",".join(names), "--calibration-samples", "2", "--no-analysis",
+            "--no-cache", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    peers = results["peers"]
+    assert set(peers) == {f"{p}@{b}" for p in names for b in ("4", "default")}
+    assert "permute" in peers["diffusers-fastercache@4"]["error"]
+    tuned = peers["diffusers-fbc@4"]
+    assert tuned["target_gflops"] == results["runs"]["taylorseer2@4"]["gflops"]
+    assert tuned["gflops"] > 0 and tuned["fd2fc"] is not None
+    report = (tmp_path / "report.md").read_text()
+    assert "## Peers" in report and "### Could not run" in report
+    assert (tmp_path / "quality_vs_gflops_peers.png").exists()
