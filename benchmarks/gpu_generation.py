@@ -106,12 +106,11 @@ def run(args) -> list[dict]:
     for batch in args.batch:
         model, step = build(args.preset, batch, args.size, args.device, dtype)
         for mode in args.modes:
-            fn = model if mode == "eager" else torch.compile(model, mode=_mode(mode))
             for nfc in args.nfc:
                 base = None
                 for name in args.methods:
                     config = config_for(name, nfc, args.steps, model, step)
-                    rows.append(one(model, step, fn, config, name, batch, nfc, mode, args, device))
+                    rows.append(one(model, step, config, name, batch, nfc, mode, args, device))
                     base = base or rows[-1]
                     rows[-1]["wall_speedup"] = base["ms"] / rows[-1]["ms"]
                     print(json.dumps(rows[-1]), flush=True)
@@ -122,12 +121,25 @@ def _mode(mode: str) -> str | None:
     return None if mode == "compiled" else mode
 
 
-def one(model, step, fn, config, name, batch, nfc, mode, args, device) -> dict:
+def compiled(model, config, mode: str):
+    """The callable of one run: the model (eager), or compiled with ``relcache.compile`` (full
+    compute: ``torch.compile(model, fullgraph=True)``), from a clean dynamo cache."""
+    if mode == "eager":
+        return model
+    torch._dynamo.reset()
+    if config is None:
+        return torch.compile(model, fullgraph=True, mode=_mode(mode))
+    relcache.compile(model, mode=_mode(mode))  # fixed schedules: fullgraph; RCS: one break/step
+    return model
+
+
+def one(model, step, config, name, batch, nfc, mode, args, device) -> dict:
     """Warm up once, then time one generation of ``config``."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with relcache.cached(model, config):
         try:
+            fn = compiled(model, config, mode)
             generation_ms(step, fn, args.steps, device)  # warm-up (and compilation)
             ms = generation_ms(step, fn, args.steps, device)
             error = None

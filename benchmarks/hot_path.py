@@ -4,6 +4,8 @@
     python benchmarks/hot_path.py --preset dit-xl-2 --batch 2 --repeats 2
     python benchmarks/hot_path.py --preset flux-dev --meta         # FLUX.1-dev size, counts only
     python benchmarks/hot_path.py --device cuda --dtype bfloat16 --preset dit-xl-2 --compile
+    python benchmarks/hot_path.py --device cuda --dtype bfloat16 --preset dit-xl-2 --compile \
+        --mode reduce-overhead                                     # CUDA graphs
 
 Random weights. Steps 0-2 are full, later calls cached (fixed schedules) or decided by RCS with
 a threshold that keeps them cached; every call is wrapped in ``relcache.at_step`` as relcache's
@@ -111,14 +113,25 @@ def measure(model, call, config, args) -> dict:
 
 def time_steps(model, call, args) -> dict:
     """Median ms of a full and a cached step, eager and (``--compile``) compiled, two
-    generations each; compiled: graphs made in the first generation, recompiles in the second."""
+    generations each; compiled: graphs made in the first generation, recompiles in the second.
+    "compiled" is ``torch.compile(model)`` (graph breaks around the cached modules), "fullgraph"
+    is ``relcache.compile(model, mode=--mode)`` (RCS: one break per step, at its decision)."""
     device = next(model.parameters()).device
     variants = {"eager": call}
     if args.compile:
         compiled = torch.compile(model)
         variants["compiled"] = lambda i: call(i, compiled)
+        variants["fullgraph"] = None  # compiled in place when its turn comes
     out = {}
     for label, fn in variants.items():
+        if label == "fullgraph":
+            torch._dynamo.reset()
+            if relcache.is_applied(model):
+                relcache.compile(model, mode=args.mode)
+                fn = call
+            else:
+                whole = torch.compile(model, fullgraph=True, mode=args.mode)
+                fn = lambda i, whole=whole: call(i, whole)  # noqa: E731
         graphs = [_graphs()]
         for _ in range(2):  # a second generation must reuse everything
             if relcache.is_applied(model):
@@ -127,9 +140,9 @@ def time_steps(model, call, args) -> dict:
             graphs.append(_graphs())
         out[f"{label}_full_ms"] = round(statistics.median(times[:3]), 3)
         out[f"{label}_cached_ms"] = round(statistics.median(times[3:]), 3)
-        if label == "compiled":
-            out["graphs"] = graphs[1] - graphs[0]
-            out["recompiles_second_generation"] = graphs[2] - graphs[1]
+        if label != "eager":
+            out[f"{label}_graphs"] = graphs[1] - graphs[0]
+            out[f"{label}_recompiles_second_generation"] = graphs[2] - graphs[1]
     return out
 
 
@@ -149,7 +162,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="cached steps timed per generation")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--meta", action="store_true", help="count on the meta device (no timing)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile(model) and relcache.compile(model) (fullgraph)",
+    )
+    p.add_argument("--mode", default=None, help="torch.compile mode of relcache.compile")
     args = p.parse_args()
     device = "meta" if args.meta else args.device
     dtype = getattr(torch, args.dtype)

@@ -8,8 +8,11 @@ on calibration seeds only (never the bench's reported seeds 0..999).
 A variant is ``p=<power>[/clamp=<c>]``: the full steps after the two warm-up steps are placed at
 1 + (S-1) (j / (R+1))^p (p = 1: TaylorSeer's uniform schedule; p > 1 denser early, p < 1 denser
 late), with TaylorSeer m=2 prediction, or RFE with its magnitude clamped to [1/c, c] times the
-Taylor increment's. ``--windows`` caches only inside 8-step windows (full elsewhere) to show which
-steps matter. One JSON line per run: PSNR and FD2FC against full compute on the same seeds.
+Taylor increment's. ``first=<k>`` instead keeps the uniform interval but makes step k the first
+refresh after the warm-up (TaylorSeer's official schedule: k = W - 1 + N; diffusers' TaylorSeer
+hook: k = W + 1), at the interval whose NFC is closest to the budget. ``--windows`` caches only
+inside 8-step windows (full elsewhere) to show which steps matter. One JSON line per run: PSNR
+and FD2FC against full compute on the same seeds.
 """
 
 from __future__ import annotations
@@ -38,10 +41,23 @@ def power_schedule(nfc: int, p: float) -> list[int]:
     return pos
 
 
+def first_schedule(nfc: int, first: int) -> list[int]:
+    """The warm-up steps, then every N steps from ``first``, N meeting ``nfc`` most closely."""
+
+    def full(n: int) -> list[int]:
+        return list(range(WARMUP)) + list(range(first, STEPS, n))
+
+    best = min(range(1, STEPS), key=lambda n: (abs(len(full(n)) - nfc), n))
+    return full(best)
+
+
 def variant(spec: str, nfc: int) -> Composed:
     """``p=1.3/clamp=1.1`` -> a method on that schedule with that predictor."""
     knobs = dict(part.split("=") for part in spec.split("/"))
-    schedule = tuple(power_schedule(nfc, float(knobs.get("p", 1))))
+    if "first" in knobs:
+        schedule = tuple(first_schedule(nfc, int(knobs["first"])))
+    else:
+        schedule = tuple(power_schedule(nfc, float(knobs.get("p", 1))))
     clamp = knobs.get("clamp")
 
     def predictor():
@@ -86,6 +102,7 @@ def main() -> None:
         row = {
             "variant": name,
             "nfc": nfc,
+            "full_steps": None if nfc is None else sorted(config.scheduler().full_steps)[:6],
             "psnr": round(q["psnr"], 2),
             "fd2fc": round(q["fd2fc"], 3),
         }

@@ -115,3 +115,20 @@ def test_remove_restores_the_uncompiled_forward(model) -> None:
 def test_compile_needs_relcache_applied(model) -> None:
     with pytest.raises(ValueError, match="relcache.apply first"):
         relcache.compile(model)
+
+
+def test_a_diffusers_transformer_compiles_in_one_graph_per_decision() -> None:
+    """The diffusers DiT reads its step from the timestep (in the eager root hook): fullgraph."""
+    pytest.importorskip("diffusers")
+    from relcache.models.diffusers_dit import DiffusersDiT
+
+    wrapped = DiffusersDiT.from_dit(random_dit("DiT-FM", depth=2, hidden_size=64, num_heads=4))
+    config = FIXED["rfe2"]
+    with relcache.cached(wrapped.transformer, config):
+        ref = _sample(wrapped)
+    with relcache.cached(wrapped.transformer, config):
+        relcache.compile(wrapped.transformer, backend="eager")
+        out = _sample(wrapped)
+        assert torch.equal(_sample(wrapped), out)
+    assert torch.equal(out, ref)
+    assert _graphs() == 2 and not counters["graph_break"]

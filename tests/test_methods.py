@@ -23,6 +23,28 @@ def test_schedule_shape() -> None:
     assert 49 not in fixed_schedule(50, 5, 2)  # the last step is not forced full
 
 
+def test_first_refresh_shifts_the_fixed_schedule() -> None:
+    """first = W + 1 is diffusers' TaylorSeer hook: full if i < B or (i - B - 1) % N == 0."""
+    diffusers_hook = [i for i in range(50) if i < 2 or (i - 2 - 1) % 4 == 0]
+    assert fixed_schedule(50, 4, 2, first=3) == diffusers_hook
+    assert relcache.TaylorSeer(interval=4, first=3).schedule(50) == diffusers_hook
+    assert relcache.RFC(rcs=False, interval=4, first=3).schedule(50) == diffusers_hook
+    assert relcache.FORA(interval=4, first=3).describe() == "FORA N=4 first 3"
+    assert fixed_schedule(50, 4, 2, first=None) == fixed_schedule(50, 4, 2, first=1)  # official
+    entry, knobs = relcache.caching.methods.parse_method("rfe2:clamp=1.05:first=3")
+    for nfc in (14, 10, 7):
+        assert len(entry.for_nfc(nfc, 50, **knobs)[0].schedule(50)) == nfc
+
+
+def test_first_refresh_is_validated() -> None:
+    with pytest.raises(ValueError, match="first= shifts"):
+        relcache.TaylorSeer(full_steps=[0, 1, 5], first=3)
+    with pytest.raises(ValueError, match="first must be a positive integer"):
+        relcache.TaylorSeer(interval=4, first=0)
+    with pytest.raises(ValueError, match="drop interval/full_steps/first"):
+        relcache.RFC(threshold=0.5, first=3)
+
+
 def test_explicit_schedule() -> None:
     cfg = relcache.TaylorSeer(full_steps=[0, 1, 5, 9])
     assert cfg.schedule(12) == [0, 1, 5, 9]

@@ -53,24 +53,31 @@ FULL = Decision(True)
 CACHED = Decision(False)
 
 
-def fixed_schedule_is_full(step: int, interval: int, warmup: int) -> bool:
-    """Official TaylorSeer/FORA schedule (§2): full if i < W or (i - (W-1)) mod N == 0."""
-    return step < warmup or (step - (warmup - 1)) % interval == 0
+def fixed_schedule_is_full(step: int, interval: int, warmup: int, first: int | None = None) -> bool:
+    """Official TaylorSeer/FORA schedule (§2): full if i < W or (i - (W-1)) mod N == 0.
+
+    ``first``: the first refresh after the warmup is step ``first`` (then every N): None is the
+    official W - 1 + N; W + 1 is diffusers' TaylorSeer hook (an earlier first refresh).
+    """
+    start = warmup - 1 if first is None else first
+    return step < warmup or (step >= start and (step - start) % interval == 0)
 
 
-def fixed_schedule(steps: int, interval: int, warmup: int) -> list[int]:
+def fixed_schedule(steps: int, interval: int, warmup: int, first: int | None = None) -> list[int]:
     """All full steps of the fixed schedule over ``steps`` steps; NFC = its length."""
-    return [i for i in range(steps) if fixed_schedule_is_full(i, interval, warmup)]
+    return [i for i in range(steps) if fixed_schedule_is_full(i, interval, warmup, first)]
 
 
-def interval_for_nfc(target: float, steps: int, warmup: int = 2) -> int:
+def interval_for_nfc(target: float, steps: int, warmup: int = 2, first: int | None = None) -> int:
     """The fixed-schedule interval N whose NFC is closest to ``target`` (§4).
 
     Ties go to the smallest N, as in the paper's table (NFC 8 at 50 steps is N = 7, not 8).
     """
-    return min(
-        range(1, steps + 1), key=lambda n: (abs(len(fixed_schedule(steps, n, warmup)) - target), n)
-    )
+
+    def miss(n: int) -> tuple[float, int]:
+        return abs(len(fixed_schedule(steps, n, warmup, first)) - target), n
+
+    return min(range(1, steps + 1), key=miss)
 
 
 class Scheduler:
@@ -111,11 +118,12 @@ class Scheduler:
 class FixedSchedule(Scheduler):
     """TaylorSeer's / FORA's schedule: ``warmup`` full steps, then one every ``interval`` (§2)."""
 
-    def __init__(self, interval: int, warmup: int) -> None:
-        self.interval, self.warmup = interval, warmup
+    def __init__(self, interval: int, warmup: int, first: int | None = None) -> None:
+        self.interval, self.warmup, self.first = interval, warmup, first
 
     def begin(self, history: History) -> Decision:
-        return FULL if fixed_schedule_is_full(history.step, self.interval, self.warmup) else CACHED
+        full = fixed_schedule_is_full(history.step, self.interval, self.warmup, self.first)
+        return FULL if full else CACHED
 
 
 class ExplicitSchedule(Scheduler):
@@ -199,7 +207,7 @@ class RCSSchedule(Scheduler):
 
     def _decide(self, history: History, x: Tensor) -> Decision:
         """A = A + ||I0 - I0_hat||_1 / ||I0||_1; rows with A > tau (or A not finite) run fully."""
-        coeff = history.coefficients(self.order)  # (B, m+1), shared with the predictor
+        coeff = history.coefficients(self.order, self.factors.dtype)  # (B, m+1), shared
         predicted = taylor.combine(self.factors, coeff)  # (B, N)
         flat = x.reshape(x.shape[0], -1)  # (B, N)
         num = torch.cdist(flat[:, None], predicted[:, None], p=1)[:, 0, 0]  # (B,) one kernel
@@ -209,9 +217,10 @@ class RCSSchedule(Scheduler):
         else:
             acc = self.acc + share(num / den, self.scope, history.branches == 1)
         keep = self._keep(history, acc)  # (B,) NaN / inf errors never stay cached
-        self.acc = torch.where(keep, acc, 0.0)
         decision = Decision.from_keep(keep)  # the one host sync RCS needs per step
-        if decision.any_full:  # counted off the cached steps' hot path, read only by stats
+        self.acc = acc
+        if decision.any_full:  # off the cached steps' hot path: reset, count non-finite
+            self.acc = torch.where(keep, acc, 0.0)  # full rows start a new accumulation
             self.nonfinite = self.nonfinite + ~acc.isfinite()
         return decision
 

@@ -29,6 +29,7 @@ NO_KERNEL = {
     aten.is_same_size.default,
 }
 ENGINE = "<engine hooks>"
+STEP_WORK = "<per-step prediction work>"  # predictor.prepare: shared by the step's modules
 SYNCS = {aten._local_scalar_dense.default, aten.nonzero.default}  # device -> host reads
 
 
@@ -115,7 +116,9 @@ def count_calls(
 
 @contextlib.contextmanager
 def marking_engine(model: nn.Module, counter: OpCounter) -> Iterator[None]:
-    """Attribute the ops of relcache's root hooks to the engine while the block runs."""
+    """Attribute the ops of relcache's root hooks to the engine while the block runs, except
+    the predictor's per-step work they trigger (``predictor.prepare``: this step's coefficients,
+    RFE's plan), which is the cached modules' prediction, computed once for all of them."""
     engine = getattr(model, "_relcache_engine", None)
     if engine is None:
         yield
@@ -124,17 +127,19 @@ def marking_engine(model: nn.Module, counter: OpCounter) -> Iterator[None]:
     saved = [dict(h) for h in hooks]
     for table in hooks:
         for key, hook in list(table.items()):
-            table[key] = _marked(hook, counter)
+            table[key] = _marked(hook, counter, ENGINE)
+    engine._prepare = _marked(type(engine)._prepare, counter, STEP_WORK)
     try:
         yield
     finally:
+        del engine._prepare
         for table, original in zip(hooks, saved, strict=True):
             table.update(original)
 
 
-def _marked(hook: Callable, counter: OpCounter) -> Callable:
+def _marked(hook: Callable, counter: OpCounter, label: str) -> Callable:
     def run(*args, **kwargs):
-        previous, counter.module = counter.module, ENGINE
+        previous, counter.module = counter.module, label
         try:
             return hook(*args, **kwargs)
         finally:

@@ -65,6 +65,9 @@ def peers_section(results: dict, s: BenchSettings) -> list[str]:
     defaults = peer_rows(results, None)
     if defaults:
         lines += ["### Peers at their documented defaults", "", format_rows(defaults), ""]
+    lines += ["### How each peer was configured", ""]
+    lines += [f"- **{p.label}** (`{p.name}`): {p.note}" for p in _benched(s)]
+    lines.append("")
     failed = [r for r in peers.values() if "error" in r]
     if failed:
         lines += ["### Could not run", ""]
@@ -72,6 +75,12 @@ def peers_section(results: dict, s: BenchSettings) -> list[str]:
         lines.append("")
     lines += ["![quality vs GFLOPs with the peers](quality_vs_gflops_peers.png)", ""]
     return lines
+
+
+def _benched(s: BenchSettings) -> list:
+    from relcache.peers import get_peer
+
+    return [get_peer(name) for name in s.peers]
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -82,11 +91,15 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def verdict(results: dict, s: BenchSettings, budget: int) -> list[str]:
-    """Where the match method is ahead of every peer at this budget, and where it is not."""
-    ours = results["runs"].get(f"{s.match_method}@{budget}")
+    """For each relcache row at this budget: where it is ahead of every peer, where not."""
     peers = peer_rows(results, budget)
-    if ours is None or not peers:
+    if not peers:
         return []
+    fastest = min(peers, key=lambda r: r["ms_per_image"])
+    return [_verdict_line(ours, peers, fastest) for ours in our_rows(results, s, budget)]
+
+
+def _verdict_line(ours: dict, peers: list[dict], fastest: dict) -> str:
     parts = []
     for key, name, better in (("fd2fc", "FD2FC", min), ("psnr", "PSNR", max)):
         rivals = [r for r in peers if finite(r.get(key)) and better(r[key], ours[key]) != ours[key]]
@@ -96,10 +109,9 @@ def verdict(results: dict, s: BenchSettings, budget: int) -> list[str]:
             names = ", ".join(f"{r['family']} {r[key]:.3f} at {r['gflops']:.2f} GFLOPs"
                               for r in rivals)  # fmt: skip
             parts.append(f"behind on {name} ({ours[key]:.3f}) to {names}")
-    fastest = min(peers, key=lambda r: r["ms_per_image"])
     speed = "faster than" if ours["ms_per_image"] <= fastest["ms_per_image"] else "slower than"
     parts.append(
         f"{ours['ms_per_image']:.1f} ms/image, {speed} the fastest peer ({fastest['family']}, "
         f"{fastest['ms_per_image']:.1f} ms/image at {fastest['gflops']:.2f} GFLOPs)"
     )
-    return [f"- **{ours['label']}** ({ours['gflops']:.2f} GFLOPs): " + "; ".join(parts) + "."]
+    return f"- **{ours['label']}** ({ours['gflops']:.2f} GFLOPs): " + "; ".join(parts) + "."

@@ -57,6 +57,7 @@ class Peer(ABC):
     library: str = ""  # the pip package it needs
     knob: Knob | None = None
     knobs: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # how its "defaults" and "tuned" runs depart from the documented defaults
 
     def with_knobs(self, **knobs: Any) -> Peer:
         """The same peer with ``knobs`` set (the others stay at the defaults)."""

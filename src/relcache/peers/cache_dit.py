@@ -88,6 +88,8 @@ register_peer(
         name="cachedit-dbcache",
         label="cache-dit DBCache",
         knob=Knob("residual_diff_threshold", 1e-3, 4.0),
+        note="defaults: DBCacheConfig's, but F1B0 (its default F8 covers all 8 blocks of "
+        "DiT-FM); tuned: 2 warmup steps, the residual threshold",
     )
 )
 register_peer(
@@ -96,5 +98,6 @@ register_peer(
         label="cache-dit DBCache+TaylorSeer",
         taylorseer_order=1,
         knob=Knob("residual_diff_threshold", 1e-3, 4.0),
+        note="as DBCache, with its TaylorSeer calibrator (order 1, its default)",
     )
 )

@@ -177,6 +177,9 @@ register_peer(
         },  # fmt: skip
         warmup_knob="disable_cache_before_step",
         knob=Knob("cache_interval", 1, 25, integer=True, log=False),
+        note="defaults: its default module patterns match no module of DiTTransformer2DModel, "
+        "so the attention modules (attn1) are named; tuned: attention and MLP (the modules "
+        "relcache caches), order 2, float32 factors, 2 warmup steps, the interval searched",
     )
 )
 register_peer(
@@ -186,6 +189,7 @@ register_peer(
         config_name="FirstBlockCacheConfig",
         apply_name="apply_first_block_cache",
         knob=THRESHOLD,
+        note="defaults as documented; tuned: the threshold",
     )
 )
 register_peer(
@@ -197,6 +201,8 @@ register_peer(
         for_budget={"max_skip_steps": 1000},
         warmup_knob="retention_ratio",
         knob=THRESHOLD,
+        note="mag_ratios from its own calibration mode on the calibration seeds (both rows); "
+        "tuned: 2 retained steps, no cap on consecutive skips, the threshold",
     )
 )
 register_peer(
@@ -209,6 +215,9 @@ register_peer(
         base={"spatial_attention_block_skip_range": 2},
         needs_timestep=True,
         knob=Knob("spatial_attention_block_skip_range", 2, 25, integer=True, log=False),
+        note="defaults: skip range 2 (without one PAB caches nothing; 2 is diffusers' own "
+        "example), timestep window (100, 800); tuned: the skip range (attention only: the MLPs "
+        "always run, so low budgets are out of its reach)",
     )
 )
 register_peer(
@@ -219,6 +228,7 @@ register_peer(
         apply_name="apply_faster_cache",
         needs_timestep=True,
         knob=Knob("spatial_attention_block_skip_range", 2, 25, integer=True, log=False),
+        note="video models only: its CFG-branch approximation permutes 5-D latents",
     )
 )
 register_peer(
@@ -231,5 +241,8 @@ register_peer(
         for_budget={"max_consecutive_cached": 0},  # 0: no cap
         warmup_knob="retention_steps",
         knob=THRESHOLD,
+        note="its built-in latent adapters are for Cosmos / Wan: the image latents are passed as "
+        "one-frame videos (raw_vision_callback); sigma: the DDPM noise level as a flow-matching "
+        "sigma; tuned: 2 retained steps, no cap on consecutive cached steps, the threshold",
     )
 )

@@ -21,7 +21,7 @@ from relcache.caching.methods.rfc import RFC
 from relcache.caching.methods.taylorseer import TaylorSeer
 from relcache.caching.schedulers import fixed_schedule, interval_for_nfc
 
-FIXED = ("interval", "warmup", "full_steps")
+FIXED = ("interval", "warmup", "full_steps", "first")
 for _entry in (
     MethodEntry("fora", "FORA", FORA, FIXED, "reuse the last full output (TaylorSeer, m = 0)"),
     MethodEntry("taylorseer", "TaylorSeer", TaylorSeer, ("order", *FIXED), "Taylor extrapolation"),

@@ -81,11 +81,25 @@ def check_schedule_knobs(interval: object, warmup: object, full_steps: object) -
         )
 
 
-def fixed_or_explicit(interval: int | None, warmup: int | None, full_steps: tuple[int, ...] | None):
+def fixed_or_explicit(
+    interval: int | None,
+    warmup: int | None,
+    full_steps: tuple[int, ...] | None,
+    first: int | None = None,
+):
     """The scheduler of a non-adaptive method: the explicit list if given, else TaylorSeer's."""
     if full_steps is not None:
         return ExplicitSchedule(full_steps)
-    return FixedSchedule(interval, warmup)
+    return FixedSchedule(interval, warmup, first)
+
+
+def check_first(first: object, full_steps: object) -> None:
+    """``first`` (the first refresh step of a fixed schedule) is a positive step index."""
+    if first is None:
+        return
+    if full_steps is not None:
+        raise ValueError("first= shifts the fixed schedule; with full_steps= drop it")
+    check_positive_int("first", first, "e.g. 3: the first refresh one step after a 2-step warmup")
 
 
 @dataclass(frozen=True)

@@ -16,4 +16,6 @@ class FORA(TaylorSeer):
     name = "fora"
 
     def describe(self) -> str:
-        return "FORA" if self.full_steps is not None else f"FORA N={self.interval}"
+        if self.full_steps is not None:
+            return "FORA"
+        return f"FORA N={self.interval}" + ("" if self.first is None else f" first {self.first}")

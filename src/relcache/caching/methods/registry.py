@@ -32,6 +32,12 @@ KNOBS: dict[str, Knob] = {
         Knob("steps", int, "RCS budget mode: the sampler's number of steps (default 50)"),
         Knob("clamp", float, "RFE magnitude within [1/c, c] x the Taylor increment's length"),
         Knob(
+            "first",
+            int,
+            "fixed schedule: the first refresh step after the warmup (then every "
+            "N; default W - 1 + N, TaylorSeer's; W + 1 refreshes early)",
+        ),
+        Knob(
             "scope",
             str,
             "who decides together under RCS: row (each batch row, the paper) or batch (all rows "
@@ -108,8 +114,8 @@ class MethodEntry:
                 "drop the budget"
             )
         if not self.adaptive:
-            warmup = self.example(**values).warmup  # type: ignore[attr-defined]
-            n = interval_for_nfc(target, steps, warmup)
+            example = self.example(**values)
+            n = interval_for_nfc(target, steps, example.warmup, example.first)  # type: ignore
             return self.make(**values, interval=n), {"interval": n}
         budget_mode = "nfc" in self.knobs and (calibrate is None or "threshold" not in self.knobs)
         if budget_mode:

@@ -8,6 +8,7 @@ from relcache.caching.methods.base import (
     CacheMethod,
     as_full_steps,
     check_bool,
+    check_first,
     check_order,
     check_positive_int,
     check_schedule_knobs,
@@ -35,6 +36,7 @@ class RFC(CacheMethod):
     nfc: int | None = None  # budget mode: exactly this many full steps per sample (no threshold)
     steps: int = 50  # budget mode: the trajectory's length the budget is planned over
     clamp: float | None = None  # RFE magnitude within [1/c, c] x the Taylor increment's length
+    first: int | None = None  # fixed schedule: first refresh after the warmup (None: official)
 
     name = "rfc"
 
@@ -81,10 +83,10 @@ class RFC(CacheMethod):
                 "steps, calibrate=fn), where fn(make, nfc) returns (threshold, info) (relcache "
                 "bench and demo do this)"
             )
-        if self.interval is not None or self.full_steps is not None:
+        if self.interval is not None or self.full_steps is not None or self.first is not None:
             raise ValueError(
-                "RFC(rcs=True) schedules full steps itself; drop interval/full_steps, or pass "
-                "rcs=False to use a fixed schedule"
+                "RFC(rcs=True) schedules full steps itself; drop interval/full_steps/first, or "
+                "pass rcs=False to use a fixed schedule"
             )
         if self.scope not in SCOPES:
             raise ValueError(
@@ -121,6 +123,7 @@ class RFC(CacheMethod):
         if self.interval is not None:
             check_positive_int("interval", self.interval, "use 4 for NFC 14 at 50 steps")
         check_schedule_knobs(None, self.warmup, self.full_steps)
+        check_first(self.first, self.full_steps)
         if self.rfe and self.full_steps is not None and self.full_steps[:2] != (0, 1):
             raise ValueError(
                 f"RFE needs two full steps before the first cached one (to measure s), so "
@@ -133,7 +136,7 @@ class RFC(CacheMethod):
             return BudgetSchedule(self.nfc, self.steps, self.order, self.warmup, self.scope, None)
         if self.rcs:
             return RCSSchedule(self.threshold, self.order, self.warmup, self.scope)
-        return fixed_or_explicit(self.interval, self.warmup, self.full_steps)
+        return fixed_or_explicit(self.interval, self.warmup, self.full_steps, self.first)
 
     def predictor(self) -> TaylorPredictor:
         if not self.rfe:
@@ -146,4 +149,5 @@ class RFC(CacheMethod):
         extra = "" if self.scope == "row" else f" {self.scope}"
         extra += "" if self.nfc is None else f" NFC {self.nfc}"
         extra += "" if self.clamp is None else f" clamp {self.clamp:g}"
+        extra += "" if self.first is None else f" first {self.first}"
         return f"{label} m={self.order}{extra}"

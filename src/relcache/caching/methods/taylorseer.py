@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from relcache.caching.methods.base import (
     CacheMethod,
     as_full_steps,
+    check_first,
     check_order,
     check_positive_int,
     check_schedule_knobs,
@@ -30,6 +31,7 @@ class TaylorSeer(CacheMethod):
     order: int = 2
     warmup: int | None = None  # None: 2 (no full_steps) / unused (full_steps)
     full_steps: tuple[int, ...] | None = None
+    first: int | None = None  # first refresh after the warmup (None: W - 1 + N, the official)
 
     name = "taylorseer"
 
@@ -37,6 +39,7 @@ class TaylorSeer(CacheMethod):
         object.__setattr__(self, "full_steps", as_full_steps(self.full_steps))
         check_order(self.order)
         check_schedule_knobs(self.interval, self.warmup, self.full_steps)
+        check_first(self.first, self.full_steps)
         if self.full_steps is not None:
             return
         for knob, default in (("interval", DEFAULT_INTERVAL), ("warmup", DEFAULT_WARMUP)):
@@ -46,11 +49,12 @@ class TaylorSeer(CacheMethod):
         check_positive_int("warmup", self.warmup, "the official value is 2 for DiT, 3 for FLUX")
 
     def scheduler(self):
-        return fixed_or_explicit(self.interval, self.warmup, self.full_steps)
+        return fixed_or_explicit(self.interval, self.warmup, self.full_steps, self.first)
 
     def predictor(self) -> TaylorPredictor:
         return TaylorPredictor(self.order)
 
     def describe(self) -> str:
         sched = "" if self.full_steps is not None else f" N={self.interval}"
+        sched += "" if self.first is None else f" first {self.first}"
         return f"TaylorSeer{sched} m={self.order}"
