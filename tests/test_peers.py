@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -34,15 +33,8 @@ def _has(module: str) -> bool:
     return True
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CACHE_DIT = pytest.mark.skipif(not _has("cache_dit"), reason="needs relcache[peers] (cache-dit)")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
