@@ -20,10 +20,10 @@ def test_factor_recursion_hand_computed_quadratic_uneven() -> None:
     last = 0
     for step in (0, 1, 5, 9):
         gap = torch.tensor([max(step - last, 1)])
-        new = taylor.update_factors(f, torch.tensor([[float(step**2)]]), gap, n)  # (1, 1, r)
-        f = torch.cat([new, new.new_zeros(1, 1, 3 - new.shape[-1])], dim=-1)  # (1, 1, 3)
+        new = taylor.update_factors(f, torch.tensor([[float(step**2)]]), gap, n)  # (1, r, 1)
+        f = torch.cat([new, new.new_zeros(1, 3 - new.shape[1], 1)], dim=1)  # (1, 3, 1)
         n, last = n + 1, step
-    assert f[0, 0].tolist() == [81.0, 14.0, 2.0]
+    assert f[0, :, 0].tolist() == [81.0, 14.0, 2.0]
     coeff = taylor.taylor_coefficients(torch.tensor([2]), n, order=2)
     pred = taylor.combine(f, coeff)
     assert pred.item() == 81 + 14 * 2 + 2 * 4 / 2  # 113, not 11^2: inexact on uneven gaps
@@ -34,7 +34,7 @@ def test_engine_factors_match_hand_values() -> None:
     relcache.apply(model, relcache.TaylorSeer(full_steps=[0, 1, 5, 9]), patterns=[r"mods\.0"])
     outs = run_trajectory(model, _signal_inputs([float(i * i) for i in range(12)]))
     state = _engine(model).branches["call0"].predictor.modules["mods.0"]
-    assert state.factors[0][0, 0].tolist() == [81.0, 14.0, 2.0]  # (B, N, m+1)
+    assert state.factors[0][0, :, 0].tolist() == [81.0, 14.0, 2.0]  # (B, m+1, N)
     assert outs[10][0, 0, 0].item() == 81 + 14 + 1  # k = 1
     assert outs[11][0, 0, 0].item() == 113
     assert outs[7][0, 0, 0].item() == 25 + 6 * 2 + 1.25 * 2  # k = 2 after step 5
@@ -67,7 +67,7 @@ def test_order_grows_by_one_per_full_step() -> None:
     assert outs[3] == 8 + (8 - 0) / 2 * 1  # f0, f1
     f1, f1_old = (64 - 8) / 2, (8 - 0) / 2
     assert outs[5] == 64 + f1 + (f1 - f1_old) / 2 / 2  # f0, f1, f2
-    assert _engine(model).branches["call0"].predictor.modules["mods.0"].factors[0].shape[-1] == 4
+    assert _engine(model).branches["call0"].predictor.modules["mods.0"].factors[0].shape[1] == 4
 
 
 def test_fora_reuses_last_full_output() -> None:

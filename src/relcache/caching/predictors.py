@@ -57,7 +57,7 @@ class Predictor:
 class TaylorState:
     """One module's Taylor factors per output tensor, and the outputs' shapes and dtypes."""
 
-    factors: list[Tensor]  # per output: (B, N, m+1) fp32
+    factors: list[Tensor]  # per output: (B, m+1, N) fp32
     shapes: list[tuple[int, ...]]  # per output, without batch
     dtypes: list[torch.dtype]
 
@@ -116,7 +116,7 @@ class TaylorPredictor(Predictor):
         if st is None:
             return None
         return [
-            f[..., 0].reshape(f.shape[0], *shape).to(dt)  # (B, ...) f0 = O(i)
+            f[:, 0].reshape(f.shape[0], *shape).to(dt)  # (B, ...) f0 = O(i)
             for f, shape, dt in zip(st.factors, st.shapes, st.dtypes, strict=True)
         ]
 
@@ -168,11 +168,11 @@ class RelationalPredictor(TaylorPredictor):
             self.ratios += [None] * len(outputs)
             self.grams += [None] * len(outputs)
         for old, full, slot in zip(olds, self.modules[name].factors, st.slots, strict=True):
-            new = taylor.select_rows(full, rows)  # (b, N, m+1)
+            new = taylor.select_rows(full, rows)  # (b, m+1, N)
             if old is None:
                 out_delta = torch.full_like(in_delta, float("nan"))
             else:
-                out_delta = rel.row_norm(new[..., 0] - old[..., 0])  # (b,)
+                out_delta = rel.row_norm(new[:, 0] - old[:, 0])  # (b,)
             ratio = torch.where(fresh, float("nan"), rel.relational_ratio(out_delta, in_delta))
             self.ratios[slot] = taylor.put_rows(self.ratios[slot], ratio, rows)
             self.grams[slot] = taylor.put_rows(self.grams[slot], rel.increment_gram(new), rows)

@@ -23,10 +23,10 @@ def row_norm(x: Tensor, p: int = 2) -> Tensor:
 def increment_gram(factors: Tensor) -> Tensor:
     """Inner products <f_r, f_q> of the orders r, q >= 1, so ||D(k)||^2 = c^T G c (§3 RFE).
 
-    factors: (B, N, m+1) -> (B, m, m) fp64.
+    factors: (B, m+1, N) -> (B, m, m) fp64.
     """
-    inc = factors[..., 1:].double()  # (B, N, m)
-    return inc.transpose(1, 2) @ inc  # (B, m, m)
+    inc = factors[:, 1:].double()  # (B, m, N)
+    return inc @ inc.transpose(1, 2)  # (B, m, m)
 
 
 def relational_ratio(out_delta: Tensor, in_delta: Tensor) -> Tensor:

@@ -173,7 +173,7 @@ class RCSSchedule(Scheduler):
 
     def __init__(self, threshold: float, order: int, warmup: int, scope: str = "row") -> None:
         self.threshold, self.order, self.warmup, self.scope = threshold, order, warmup, scope
-        self.factors: Tensor | None = None  # (B, N, m+1) Taylor factors of the driver input I0
+        self.factors: Tensor | None = None  # (B, m+1, N) Taylor factors of the driver input I0
         self.acc: Tensor | None = None  # (B,) accumulated error A
         self.nonfinite: Tensor | None = None  # (B,) steps whose error was NaN / inf, per row
 
@@ -243,7 +243,7 @@ class RCSSchedule(Scheduler):
 
         b, n = driver_shape[0], math.prod(driver_shape[1:])
         x = torch.empty(b, n, device="meta")
-        factors = torch.empty(b, n, self.order + 1, device="meta")
+        factors = torch.empty(b, self.order + 1, n, device="meta")
         coeff = torch.empty(b, self.order + 1, device="meta")
         counter = FlopCounterMode(display=False, custom_mapping=CACHE_OPS)
         with counter:

@@ -1,8 +1,9 @@
 """TaylorSeer factor recursion and prediction (RFC_SPEC §2), as pure tensor functions.
 
-Factors of one feature are stored per sample with the orders last: ``factors[b, :, r]`` is the
-r-th finite difference of sample b, shape (B, N, m+1) with N the flattened feature size, so the
-prediction is one batched matrix-vector product that reads every factor once. Every batch row
+Factors of one feature are stored per sample, orders before features: ``factors[b, r]`` is the
+r-th finite difference of sample b, shape (B, m+1, N) with N the flattened feature size, so a full
+step writes each order contiguously and the prediction is one batched vector-matrix product that
+reads every factor once. Every batch row
 keeps its own history: rows may have had a different number of full steps (``n_full``) and a
 different latest gap.
 """
@@ -23,17 +24,17 @@ def accum(x: Tensor) -> Tensor:
 def update_factors(old: Tensor | None, value: Tensor, gap: Tensor, n_full: Tensor) -> Tensor:
     """Official TaylorSeer update: f0 <- O(i); f_{r+1} <- (f_r(new) - f_r(old)) / d (§2).
 
-    old: (B, N, m+1) or None; value: (B, ...); gap d: (B,); n_full: (B,) full steps seen before
+    old: (B, m+1, N) or None; value: (B, ...); gap d: (B,); n_full: (B,) full steps seen before
     this one. Order r+1 is only formed while the old f_r exists (n_full > r); otherwise it is 0.
-    Returns (B, N, m+1) (m = 0 without ``old``).
+    Returns (B, m+1, N) (m = 0 without ``old``).
     """
     new = [accum(value).reshape(value.shape[0], -1)]  # f0: (B, N)
-    order = 0 if old is None else old.shape[-1] - 1
+    order = 0 if old is None else old.shape[1] - 1
     for r in range(order):
         exists = (n_full > r)[:, None]  # (B, 1)
-        diff = (new[r] - old[..., r]) / gap.to(new[r].dtype)[:, None]  # (B, N)
+        diff = (new[r] - old[:, r]) / gap.to(new[r].dtype)[:, None]  # (B, N)
         new.append(torch.where(exists, diff, torch.zeros_like(diff)))
-    return torch.stack(new, dim=-1)  # (B, N, m+1)
+    return torch.stack(new, dim=1)  # (B, m+1, N)
 
 
 def taylor_coefficients(
@@ -58,8 +59,8 @@ def coefficient_scale(n_full: Tensor, order: int, dtype: torch.dtype) -> tuple[T
 
 
 def combine(factors: Tensor, coeff: Tensor) -> Tensor:
-    """sum_r coeff[b, r] * factors[b, :, r]: one pass, (B, N, m+1), (B, m+1) -> (B, N)."""
-    return torch.bmm(factors, coeff.to(factors.dtype)[:, :, None])[..., 0]  # (B, N)
+    """sum_r coeff[b, r] * factors[b, r]: one pass, (B, m+1, N), (B, m+1) -> (B, N)."""
+    return torch.bmm(coeff.to(factors.dtype)[:, None, :], factors)[:, 0]  # (B, N)
 
 
 def select_rows(t: Tensor | None, rows: Tensor | None) -> Tensor | None:
@@ -75,13 +76,13 @@ def put_rows(full: Tensor | None, part: Tensor, rows: Tensor | None) -> Tensor:
 
 
 def pad_orders(new: Tensor, order: int) -> Tensor:
-    """Orders grow from 1 to m+1 factors as full steps arrive: zero-pad to m+1. (B, N, m+1)"""
-    if new.shape[-1] == order + 1:
+    """Orders grow from 1 to m+1 factors as full steps arrive: zero-pad to m+1. (B, m+1, N)"""
+    if new.shape[1] == order + 1:
         return new
-    pad = new.new_zeros((*new.shape[:-1], order + 1 - new.shape[-1]))
-    return torch.cat([new, pad], dim=-1)  # (B, N, m+1)
+    pad = new.new_zeros((new.shape[0], order + 1 - new.shape[1], *new.shape[2:]))
+    return torch.cat([new, pad], dim=1)  # (B, m+1, N)
 
 
 def store_rows(full: Tensor | None, new: Tensor, rows: Tensor | None, order: int) -> Tensor:
-    """Write updated factors (n, N, <=m+1) back into the given rows of ``full`` (B, N, m+1)."""
+    """Write updated factors (n, <=m+1, N) back into the given rows of ``full`` (B, m+1, N)."""
     return put_rows(full, pad_orders(new, order), rows)
