@@ -1,8 +1,9 @@
 """Peers (``relcache.peers``) over the bench's sample set, at matched measured FLOPs.
 
 Same converted model, sampler, seeds, CFG and batches as relcache's runs; FLOPs are counted by
-``torch.utils.flop_counter.FlopCounterMode`` around the whole generation for every row (relcache's
-included), so block-level peers that always run some blocks are charged what they run. A peer's
+``torch.utils.flop_counter.FlopCounterMode`` on the first batch of every row (relcache's included,
+``runner.timed_batches``), so block-level peers that always run some blocks are charged what
+they run. A peer's
 knob (a threshold, an interval) is tuned to a FLOPs target on the calibration seeds, as RCS's
 threshold is tuned to an NFC (``budgets.py``); the reported rows use the held-out seeds.
 """
