@@ -51,9 +51,9 @@ def peers_section(results: dict, s: BenchSettings) -> list[str]:
         "",
         "Every row here ran on the shipped model converted exactly to diffusers' "
         "`DiTTransformer2DModel`, with the same DDIM sampler, seeds, CFG and batches. GFLOPs per "
-        "image are counted by `torch.utils.flop_counter.FlopCounterMode` on each run's first batch, "
-        "relcache's rows included (block-level caches pay for the blocks they always run); that "
-        "batch is left out of ms/image (the counter slows a step). Each "
+        "image are counted by `torch.utils.flop_counter.FlopCounterMode` on each run's first "
+        "batch, relcache's rows included (block-level caches pay for the blocks they always "
+        "run); that batch is left out of ms/image (the counter slows a step). Each "
         f"peer's knob was tuned on the calibration seeds to the GFLOPs `{match}` measured at that "
         "budget; the rows below are on the held-out seeds.",
         "",
