@@ -130,12 +130,10 @@ def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
     if not engine.traceable:
         engine.detach()
         engine.attach(traceable=True)
-    eager = model.__dict__.get("forward")
-    compiled = torch.compile(
-        model.forward, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options
-    )
-    engine.root_forward = (eager,)  # restored by remove()
-    model.forward = compiled
+    if engine.root_forward is None:  # the instance's own forward, if any: remove() restores it
+        engine.root_forward = (model.__dict__.get("forward"),)
+    eager = engine.root_forward[0] or type(model).forward.__get__(model)
+    model.forward = torch.compile(eager, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options)
     return target
 
 

@@ -286,6 +286,8 @@ class CacheEngine:
             inputs = as_tensors(self.targets.inputs(name, args, kwargs))
             if name == self.driver and br.scheduler.uses_driver:
                 decide(br, inputs)  # RCS: the step's one graph break
+            elif br.decision is None:
+                self._driver_missing(name)
             if br.decision.rows is not None:  # RCS per row, some rows full: eagerly
                 return route(br, name, forward, inputs, args, kwargs)
             if br.decision.all_full:
@@ -310,15 +312,18 @@ class CacheEngine:
             if name == self.driver and br.scheduler.uses_driver:
                 self._decide(br, inputs)
             elif br.decision is None:
-                raise RuntimeError(
-                    f"RCS needs its driver {self.driver!r} to run before {name!r} in each step; "
-                    "pass driver= the first cached module called by the model"
-                )
+                self._driver_missing(name)
             return self._route(br, name, forward, inputs, args, kwargs)
 
         # Under torch.compile a cached module runs eagerly (a graph break around it): the step
         # counters it reads would otherwise be guarded and recompile the graph every step.
         return torch.compiler.disable(cached_forward)
+
+    def _driver_missing(self, name: str) -> None:
+        raise RuntimeError(
+            f"RCS needs its driver {self.driver!r} to run before {name!r} in each step; "
+            "pass driver= the first cached module called by the model"
+        )
 
     def _decide(self, br: BranchState, inputs: list[Tensor]) -> None:
         """The driver module's call: the scheduler decides this step (RCS)."""

@@ -68,6 +68,7 @@ class TaylorPredictor(Predictor):
     def __init__(self, order: int) -> None:
         self.order = order
         self.modules: dict[str, TaylorState] = {}
+        self.dtypes: set[torch.dtype] = set()  # of the factors (float32, or float64)
 
     def ready(self, name: str) -> bool:
         return name in self.modules
@@ -88,11 +89,12 @@ class TaylorPredictor(Predictor):
             taylor.store_rows(f, taylor.update_factors(old, o, gap, nf), rows, self.order)
             for f, old, o in zip(st.factors, olds, outputs, strict=True)
         ]
+        self.dtypes.update(f.dtype for f in st.factors)
         return olds
 
     def prepare(self, history: History) -> None:
         """This step's Taylor coefficients, once per factor dtype."""
-        for dtype in {f.dtype for st in self.modules.values() for f in st.factors}:
+        for dtype in self.dtypes:
             history.coefficients(self.order, dtype)
 
     def coefficients(self, name: str, history: History, inputs: list[Tensor]) -> list[Tensor]:

@@ -207,7 +207,7 @@ class RCSSchedule(Scheduler):
 
     def _decide(self, history: History, x: Tensor) -> Decision:
         """A = A + ||I0 - I0_hat||_1 / ||I0||_1; rows with A > tau (or A not finite) run fully."""
-        coeff = history.coefficients(self.order, self.factors.dtype)  # (B, m+1), shared
+        coeff = history.coefficients(self.order)  # (B, m+1) fp64, shared with RFE's plan
         predicted = taylor.combine(self.factors, coeff)  # (B, N)
         flat = x.reshape(x.shape[0], -1)  # (B, N)
         num = torch.cdist(flat[:, None], predicted[:, None], p=1)[:, 0, 0]  # (B,) one kernel

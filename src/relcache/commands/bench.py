@@ -47,16 +47,11 @@ def _registered_peers() -> list[str]:
 
 
 def _peer_names(text: str) -> tuple[str, ...]:
-    """``all`` or comma-separated registered peer names."""
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    if names == ["all"]:
-        return tuple(_registered_peers())
-    unknown = [n for n in names if n not in _registered_peers()]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown peer(s) {', '.join(unknown)}; registered: {', '.join(_registered_peers())}"
-        )
-    return tuple(names)
+    """``all`` or comma-separated peer names (BenchSettings checks they are registered)."""
+    from relcache.commands.common import name_list
+
+    names = name_list(text)
+    return tuple(_registered_peers()) if list(names) == ["all"] else tuple(names)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

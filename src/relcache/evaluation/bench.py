@@ -160,8 +160,8 @@ class Bench:
         self.save_results()
 
     def _measure(self, name: str, budget: int, config: CacheMethod) -> dict:
-        """Run ``config`` over all samples; its row (grid images saved), with its FLOPs as
-        FlopCounterMode counts them (one process: the count covers every image)."""
+        """Run ``config`` over all samples; its row (grid images saved), with peers also its
+        GFLOPs per image as FlopCounterMode counts them (``runner.timed_batches``)."""
         spec, s = bench_method(name), self.s
         reset_peak_memory(self.device)
 
@@ -375,7 +375,7 @@ def config_of_row(row: dict, steps: int) -> CacheMethod | None:
 
 def as_diffusers(model: nn.Module) -> nn.Module:
     """The reference DiT converted exactly to diffusers (``models/diffusers_dit.py``); peers
-    need one process (their FLOPs are counted over the whole run)."""
+    run in one process (FlopCounterMode counts one process's batches)."""
     from relcache.models.diffusers_dit import DiffusersDiT
 
     if dist.rank_and_world()[1] > 1:

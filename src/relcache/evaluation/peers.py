@@ -94,13 +94,12 @@ def calibrated(
     steps: int,
     cfg_scale: float,
 ) -> Peer:
-    """``peer`` after its own calibration procedure (MagCache's ratios) on ``seeds``, if any."""
-    cfg, infos = model.config, step_infos(steps)
-    noise = per_sample_noise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size))
+    """``peer`` after its own calibration procedure (MagCache's ratios) on ``seeds``, if any:
+    ``peer.calibrate`` gets a function that generates ``seeds`` with a given probe peer."""
 
     def generate(probe: Peer) -> None:
-        sample_batch(model, noise, labels, steps=steps, cfg_scale=cfg_scale,
-                     step_context=lambda i: probe.step(model.transformer, infos[i]))  # fmt: skip
+        run_peer(model, probe, seeds, labels, steps=steps, cfg_scale=cfg_scale,
+                 batch_size=len(seeds), progress=False, count_flops=False)  # fmt: skip
 
     return peer.calibrate(model.transformer, steps, generate)
 

@@ -104,8 +104,8 @@ class Peer(ABC):
         return contextlib.nullcontext()
 
     def calibrate(self, transformer: nn.Module, steps: int, generate: Any) -> Peer:
-        """The peer after its own calibration procedure; ``generate(peer)`` runs one generation
-        on calibration images with ``peer`` installed and stepped. Default: nothing to do."""
+        """The peer after its own calibration procedure; ``generate(probe)`` installs ``probe``,
+        generates the calibration images with it and removes it. Default: nothing to do."""
         return self
 
     def cache_roots(self, transformer: nn.Module) -> list[Any]:

@@ -103,18 +103,10 @@ class MagCachePeer(DiffusersPeer):
     """MagCache needs per-step magnitude ratios, measured by its own calibration run."""
 
     def calibrate(self, transformer: nn.Module, steps: int, generate: Any) -> DiffusersPeer:
-        """Run ``generate()`` once in MagCache's calibration mode; the peer with its ratios."""
+        """One generation in MagCache's calibration mode; the peer with the measured ratios."""
         probe = self.with_knobs(calibrate=True)
-        ratios = _capture_mag_ratios(lambda: _run_applied(probe, transformer, steps, generate))
+        ratios = _capture_mag_ratios(lambda: generate(probe))
         return self.with_knobs(mag_ratios=ratios)
-
-
-def _run_applied(peer: Peer, transformer: nn.Module, steps: int, generate: Any) -> None:
-    from relcache.peers import applied
-
-    with applied(peer, transformer, steps):
-        peer.reset(transformer)
-        generate(peer)
 
 
 def _capture_mag_ratios(run: Any) -> list[float]:
