@@ -76,3 +76,46 @@ def test_fora_reuses_last_full_output() -> None:
     relcache.apply(model, relcache.FORA(interval=3), patterns=[r"mods\.0"])
     outs = [o[0, 0, 0].item() for o in run_trajectory(model, _signal_inputs(values))]
     assert outs == [0, 1, 1, 1, 4, 4, 4, 7, 7, 7]
+
+
+def test_in_place_update_equals_the_official_update() -> None:
+    # rows with 0, 1, 2 and 3 earlier full steps (order r+1 exists only when n_full > r)
+    gen = torch.Generator().manual_seed(0)
+    old = torch.randn(4, 3, 10, generator=gen)
+    old[0, 1:] = 0
+    old[1, 2:] = 0
+    value = torch.randn(4, 2, 5, generator=gen, dtype=torch.float64)
+    gap, n_full = torch.tensor([1, 3, 2, 5]), torch.tensor([0, 1, 2, 3])
+    ref = taylor.update_factors(old.double(), value, gap, n_full)
+    scratch = taylor.Scratch()
+    with torch.no_grad():
+        factors = old.double()
+        out = taylor.update_factors_(factors, value, gap, n_full, scratch)
+    assert out is factors and torch.equal(factors, ref)  # the same division, -0.0 == 0.0
+    rows = torch.tensor([3, 1])
+    with torch.no_grad():
+        full, new = taylor.record_rows(factors.clone(), value[rows], gap[rows], n_full[rows],
+                                       rows, 2, scratch)  # fmt: skip
+    assert torch.equal(new, taylor.update_factors(ref[rows], value[rows], gap[rows], n_full[rows]))
+    assert torch.equal(full[rows], new) and torch.equal(full[[0, 2]], ref[[0, 2]])
+
+
+def test_no_grad_generation_updates_in_place_with_the_same_result() -> None:
+    torch.manual_seed(1)
+    base, drift = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    drift = drift * torch.tensor([0.01, 0.05, 0.2], dtype=torch.float64)[:, None, None]
+    xs = [base + drift * i + 0.1 * drift * i * i for i in range(12)]  # rows drift at 3 rates
+    runs = []
+    for grad in (True, False):
+        model = Chain(torch.nn.Linear(6, 6).double())
+        torch.manual_seed(0)
+        model.mods[0].reset_parameters()
+        relcache.apply(model, relcache.RFC(order=2, threshold=0.05), patterns=[r"mods\.0"])
+        with torch.set_grad_enabled(grad):
+            runs.append([o.detach() for o in run_trajectory(model, xs)])
+        if not grad:
+            branch = _engine(model).branches["call0"]
+            factors = branch.predictor.modules["mods.0"].factors[0]
+            assert factors._version > 0  # updated in place
+            assert len({len(s) for s in branch.history.schedules()}) == 3  # partial steps ran
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from relcache.caching import taylor
 from relcache.caching.methods import CacheMethod
 from relcache.caching.schedulers import Decision
 from relcache.caching.state import BranchState
@@ -391,7 +392,8 @@ class CacheEngine:
             outs = [o.index_select(0, rows) for o in outs]
         sub_inputs = [x.index_select(0, rows) for x in inputs]
         br.predictor.record(name, br.history, rows, _detached(outs), _detached(sub_inputs))
-        merged = [p.index_copy(0, rows, o.to(p.dtype)) for p, o in zip(pred, outs, strict=False)]
+        pairs = zip(pred, outs, strict=False)
+        merged = [taylor.put_rows_(p, o.to(p.dtype), rows) for p, o in pairs]  # p: a fresh tensor
         return rebuild_output(merged, br.templates[name])
 
     def _observe(

@@ -69,6 +69,7 @@ class TaylorPredictor(Predictor):
         self.order = order
         self.modules: dict[str, TaylorState] = {}
         self.dtypes: set[torch.dtype] = set()  # of the factors (float32, or float64)
+        self.scratch = taylor.Scratch()  # work buffers shared by the modules' updates
 
     def ready(self, name: str) -> bool:
         return name in self.modules
@@ -76,21 +77,21 @@ class TaylorPredictor(Predictor):
     def record(self, name, history, rows, outputs, inputs) -> None:
         self._record_factors(name, history, rows, outputs)
 
-    def _record_factors(self, name, history, rows, outputs) -> list[Tensor | None]:
-        """Official factor update (§2) for ``rows``; returns the old factors of those rows."""
+    def _record_factors(self, name, history, rows, outputs) -> list[Tensor]:
+        """Official factor update (§2) for ``rows``; returns those rows' new factors."""
         gap, nf = history.gaps(rows)
         st = self.modules.get(name)
         if st is None:
             shapes = [tuple(o.shape[1:]) for o in outputs]
             dtypes = [o.dtype for o in outputs]
             st = self.modules[name] = TaylorState([None] * len(outputs), shapes, dtypes)
-        olds = [taylor.select_rows(f, rows) for f in st.factors]
-        st.factors = [
-            taylor.store_rows(f, taylor.update_factors(old, o, gap, nf), rows, self.order)
-            for f, old, o in zip(st.factors, olds, outputs, strict=True)
+        stored = [
+            taylor.record_rows(f, o, gap, nf, rows, self.order, self.scratch)
+            for f, o in zip(st.factors, outputs, strict=True)
         ]
+        st.factors = [full for full, _ in stored]
         self.dtypes.update(f.dtype for f in st.factors)
-        return olds
+        return [new for _, new in stored]
 
     def prepare(self, history: History) -> None:
         """This step's Taylor coefficients, once per factor dtype."""
@@ -111,14 +112,14 @@ class TaylorPredictor(Predictor):
         ]
 
     def tensors(self) -> list[Tensor]:
-        return [f for st in self.modules.values() for f in st.factors]
+        return [f for st in self.modules.values() for f in st.factors] + self.scratch.tensors()
 
     def anchor(self, name: str) -> list[Tensor] | None:
         st = self.modules.get(name)
         if st is None:
             return None
         return [
-            f[:, 0].reshape(f.shape[0], *shape).to(dt)  # (B, ...) f0 = O(i)
+            f[:, 0].reshape(f.shape[0], *shape).to(dt, copy=True)  # (B, ...) f0 = O(i)
             for f, shape, dt in zip(st.factors, st.shapes, st.dtypes, strict=True)
         ]
 
@@ -160,29 +161,41 @@ class RelationalPredictor(TaylorPredictor):
         self._plan: StepPlan | None = None
 
     def record(self, name, history, rows, outputs, inputs) -> None:
-        olds = self._record_factors(name, history, rows, outputs)
+        news = self._record_factors(name, history, rows, outputs)  # per output (b, m+1, N)
         st = self.relational.setdefault(name, RelationalState())
-        last = [taylor.select_rows(t, rows) for t in st.last_input] if st.last_input else None
-        in_delta = input_change(inputs, last)  # (b,)
-        fresh = history.gaps(rows)[1] == 0  # (b,) no earlier full step: no ratio yet
+        gap, n_full = history.gaps(rows)  # (b,)
+        in_delta = self._record_input(st, inputs, rows)  # (b,) ||I(i) - I(j)||
         if not st.slots:
             st.slots = list(range(len(self.ratios), len(self.ratios) + len(outputs)))
             self.ratios += [None] * len(outputs)
             self.grams += [None] * len(outputs)
-        for old, full, slot in zip(olds, self.modules[name].factors, st.slots, strict=True):
-            new = taylor.select_rows(full, rows)  # (b, m+1, N)
-            if old is None:
-                out_delta = torch.full_like(in_delta, float("nan"))
-            else:
-                out_delta = rel.row_norm(new[:, 0] - old[:, 0])  # (b,)
-            ratio = torch.where(fresh, float("nan"), rel.relational_ratio(out_delta, in_delta))
+        for new, slot in zip(news, st.slots, strict=True):
+            gram = rel.increment_gram(new)  # (b, m, m) fp64
+            # f1 = (O(i) - O(j)) / d, so ||O(i) - O(j)|| = d ||f1|| (no pass over the outputs)
+            out_delta = gram[:, 0, 0].sqrt().to(in_delta.dtype) * gap  # (b,)
+            ratio = rel.relational_ratio(out_delta, in_delta)  # (b,)
+            ratio = torch.where(n_full == 0, float("nan"), ratio)  # no earlier full step: none
             self.ratios[slot] = taylor.put_rows(self.ratios[slot], ratio, rows)
-            self.grams[slot] = taylor.put_rows(self.grams[slot], rel.increment_gram(new), rows)
-        olds_in = st.last_input or [None] * len(inputs)
-        st.last_input = [
-            taylor.put_rows(o, taylor.accum(x), rows) for o, x in zip(olds_in, inputs, strict=False)
-        ]
+            self.grams[slot] = taylor.put_rows(self.grams[slot], gram, rows)
         self._stacks = None  # this step's plan stays: it serves only slots not yet recorded
+
+    def _record_input(self, st: RelationalState, inputs: list[Tensor], rows: Tensor | None):
+        """Store I(i) for ``rows`` (in owned buffers, in place once they exist) and return
+        ||I(i) - I(j)|| of those rows (zeros at the first full step). (b,)"""
+        if not st.last_input or (rows is None and torch.is_grad_enabled()):
+            in_delta = input_change(inputs, st.last_input)
+            st.last_input = [taylor.accum(x).clone() for x in inputs]
+            return in_delta
+        if rows is None:
+            in_delta = input_change(inputs, st.last_input, self.scratch)
+            for last, x in zip(st.last_input, inputs, strict=False):
+                last.copy_(x)
+            return in_delta
+        lasts = [last.index_select(0, rows) for last in st.last_input]
+        in_delta = input_change(inputs, lasts)
+        pairs = zip(st.last_input, inputs, strict=False)
+        st.last_input = [taylor.put_rows_(last, x.to(last.dtype), rows) for last, x in pairs]
+        return in_delta
 
     def prepare(self, history: History) -> None:
         """This step's plan for every slot (:meth:`plan`)."""
@@ -207,7 +220,7 @@ class RelationalPredictor(TaylorPredictor):
 
     def coefficients(self, name, history, inputs) -> list[Tensor]:
         st, plan = self.relational[name], self._plan  # prepared: no step is read here
-        change = input_change(inputs, st.last_input)[:, None]  # (B, 1)
+        change = input_change(inputs, st.last_input, self.scratch)[:, None]  # (B, 1)
         if self.clamp is None:
             return [torch.addcmul(plan.base[j], change, plan.gain[j]) for j in st.slots]
         alphas = [
@@ -221,14 +234,27 @@ class RelationalPredictor(TaylorPredictor):
         return super().tensors() + held + [t for t in (*self.ratios, *self.grams) if t is not None]
 
 
-def input_change(inputs: list[Tensor], last: list[Tensor] | None) -> Tensor:
-    """||I - I(i)||_2 per row over all input tensors together (§3 RFE). (B,)"""
+def input_change(
+    inputs: list[Tensor], last: list[Tensor] | None, scratch: taylor.Scratch | None = None
+) -> Tensor:
+    """||I - I(i)||_2 per row over all input tensors together (§3 RFE). (B,)
+
+    Eagerly the difference goes to a reused ``scratch`` buffer (no fresh allocation); under
+    torch.compile it stays functional (inductor fuses it into the norm).
+    """
     if not last:
         return torch.zeros(inputs[0].shape[0], device=inputs[0].device)
-    norms = [
-        torch.linalg.vector_norm((x - y).reshape(x.shape[0], -1), dim=1)  # (B,) promotes to fp32+
-        for x, y in zip(inputs, last, strict=False)
-    ]
+    norms = [_row_distance(x, y, scratch) for x, y in zip(inputs, last, strict=False)]  # (B,)
     if len(norms) == 1:
         return norms[0]
     return torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)  # (B,)
+
+
+def _row_distance(x: Tensor, y: Tensor, scratch: taylor.Scratch | None) -> Tensor:
+    """||x - y||_2 per row, in y's precision (fp32+). (B, ...) -> (B,)"""
+    x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)  # (B, N)
+    if scratch is None or torch.compiler.is_compiling() or x.requires_grad:
+        diff = x - y  # promotes to y's fp32+
+    else:
+        diff = torch.sub(x, y, out=scratch.get(y))
+    return torch.linalg.vector_norm(diff, dim=1)

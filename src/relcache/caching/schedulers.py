@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,11 +43,11 @@ class Decision:
 
     @staticmethod
     def from_keep(keep: Tensor) -> Decision:
-        """From a (B,) bool mask of the rows that stay cached (one host sync, as ``from_mask``)."""
-        n = int(keep.sum())
-        if n == keep.shape[0]:
+        """From a (B,) bool mask of the rows that stay cached (one host sync)."""
+        rows = (~keep).nonzero()[:, 0]  # (n,) the full rows: one host sync
+        if rows.shape[0] == 0:
             return CACHED
-        return FULL if n == 0 else Decision(False, (~keep).nonzero()[:, 0])
+        return FULL if rows.shape[0] == keep.shape[0] else Decision(False, rows)
 
 
 FULL = Decision(True)
@@ -176,6 +177,7 @@ class RCSSchedule(Scheduler):
         self.factors: Tensor | None = None  # (B, m+1, N) Taylor factors of the driver input I0
         self.acc: Tensor | None = None  # (B,) accumulated error A
         self.nonfinite: Tensor | None = None  # (B,) steps whose error was NaN / inf, per row
+        self.scratch = taylor.Scratch()  # work buffers of the factor update
 
     @property
     def shares_across_branches(self) -> bool:
@@ -194,9 +196,10 @@ class RCSSchedule(Scheduler):
         if decision.any_full:
             rows = decision.rows
             gap, nf = history.gaps(rows)
-            old = taylor.select_rows(self.factors, rows)
-            new = taylor.update_factors(old, taylor.select_rows(x, rows), gap, nf)
-            self.factors = taylor.store_rows(self.factors, new, rows, self.order)
+            value = taylor.select_rows(x, rows)
+            self.factors, _ = taylor.record_rows(
+                self.factors, value, gap, nf, rows, self.order, self.scratch
+            )
             self.acc = self.acc if early is None else self._reset(self.acc, rows)
         return decision
 
@@ -216,9 +219,11 @@ class RCSSchedule(Scheduler):
             acc = torch.addcdiv(self.acc, num, den)  # (B,)
         else:
             acc = self.acc + share(num / den, self.scope, history.branches == 1)
-        keep = self._keep(history, acc)  # (B,) NaN / inf errors never stay cached
-        decision = Decision.from_keep(keep)  # the one host sync RCS needs per step
         self.acc = acc
+        if self._all_cached(acc):  # the one host sync RCS needs per cached step
+            return CACHED
+        keep = self._keep(history, acc)  # (B,) NaN / inf errors never stay cached
+        decision = Decision.from_keep(keep)  # reads the full rows (a second sync)
         if decision.any_full:  # off the cached steps' hot path: reset, count non-finite
             self.acc = torch.where(keep, acc, 0.0)  # full rows start a new accumulation
             self.nonfinite = self.nonfinite + ~acc.isfinite()
@@ -227,6 +232,12 @@ class RCSSchedule(Scheduler):
     def _keep(self, history: History, acc: Tensor) -> Tensor:
         """Rows that stay cached: A <= tau."""
         return acc <= self.threshold
+
+    def _all_cached(self, acc: Tensor) -> bool:
+        """Whether every row stays cached, from one reduction: max A <= tau (a NaN max is not;
+        tau rounded to A's precision, as ``acc <= tau`` compares)."""
+        tau = float(np.float32(self.threshold)) if acc.dtype == torch.float32 else self.threshold
+        return bool(acc.max().item() <= tau)
 
     def report(self) -> dict[str, int]:
         nonfinite = 0 if self.nonfinite is None else int(self.nonfinite.sum())
@@ -277,6 +288,10 @@ class BudgetSchedule(RCSSchedule):
                 f"of {self.nfc} full steps was planned for; pass steps= the sampler's step count"
             )
         return super().begin(history)
+
+    def _all_cached(self, acc: Tensor) -> bool:
+        """The budget rule has no single threshold: always evaluated per row (:meth:`_keep`)."""
+        return False
 
     def _keep(self, history: History, acc: Tensor) -> Tensor:
         error = torch.nan_to_num(acc - self.acc, nan=0.0, posinf=0.0)  # (B,) this step's

@@ -63,6 +63,76 @@ def combine(factors: Tensor, coeff: Tensor) -> Tensor:
     return torch.bmm(coeff.to(factors.dtype)[:, None, :], factors)[:, 0]  # (B, N)
 
 
+def update_factors_(
+    factors: Tensor, value: Tensor, gap: Tensor, n_full: Tensor, scratch: Scratch
+) -> Tensor:
+    """:func:`update_factors` of every row, written into ``factors`` (B, m+1, N) in place.
+
+    Same values (the same subtraction and division; a not yet formed order gets 0 by dividing by
+    inf), without the fresh (B, m+1, N) tensor and its temporaries: 2 kernels per order and one
+    copy. Returns ``factors``.
+    """
+    cur = value.reshape(value.shape[0], -1)  # f_r(new), starting with f0 = O(i): (B, N)
+    order = factors.shape[1] - 1
+    for r in range(order):
+        divisor = torch.where(n_full > r, gap.to(factors.dtype), math.inf)[:, None]  # (B, 1)
+        nxt = scratch.get(factors[:, 0], slot=r % 2)  # (B, N)
+        torch.sub(cur, factors[:, r], out=nxt).div_(divisor)  # f_{r+1}(new)
+        factors[:, r].copy_(cur)  # f_r(old) is no longer needed
+        cur = nxt
+    factors[:, order].copy_(cur)
+    return factors
+
+
+def record_rows(
+    factors: Tensor | None,
+    value: Tensor,
+    gap: Tensor,
+    n_full: Tensor,
+    rows: Tensor | None,
+    order: int,
+    scratch: Scratch,
+) -> tuple[Tensor, Tensor]:
+    """A full step of ``rows`` (None: all; ``gap`` / ``n_full`` are theirs) for factors of order m.
+
+    Returns (the factors of every row (B, m+1, N), the updated rows' (b, m+1, N)). Once the
+    factors exist they are updated in place (no allocation of the whole cache per full step),
+    unless autograd is recording: a cached step's graph may hold them for its backward.
+    """
+    if factors is None:  # the trajectory's first full step
+        new = pad_orders(update_factors(None, value, gap, n_full), order)
+        return new, new
+    in_place = not torch.is_grad_enabled()
+    if rows is None:
+        if in_place:
+            return update_factors_(factors, value, gap, n_full, scratch), factors
+        new = update_factors(factors, value, gap, n_full)
+        return new, new
+    new = update_factors(factors.index_select(0, rows), value, gap, n_full)  # (b, m+1, N)
+    return put_rows_(factors, new, rows), new
+
+
+class Scratch:
+    """Reusable work buffers for the per-module temporaries of caching (a fresh multi-MB tensor
+    per call costs more than the arithmetic on a CPU); one set per predictor or scheduler."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, Tensor] = {}
+
+    def get(self, like: Tensor, slot: int = 0) -> Tensor:
+        """A buffer shaped and typed like ``like`` (contents undefined); ``slot`` tells apart
+        buffers that are alive at the same time."""
+        key = (slot, tuple(like.shape), like.dtype, like.device)
+        buf = self.buffers.get(key)
+        if buf is None:
+            buf = self.buffers[key] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        return buf
+
+    def tensors(self) -> list[Tensor]:
+        """The buffers held (memory accounting)."""
+        return list(self.buffers.values())
+
+
 def select_rows(t: Tensor | None, rows: Tensor | None) -> Tensor | None:
     """The given batch rows of a per-row tensor (B, ...); all rows when ``rows`` is None."""
     if t is None or rows is None:
@@ -75,14 +145,16 @@ def put_rows(full: Tensor | None, part: Tensor, rows: Tensor | None) -> Tensor:
     return part if full is None or rows is None else full.index_copy(0, rows, part)
 
 
+def put_rows_(full: Tensor, part: Tensor, rows: Tensor) -> Tensor:
+    """:func:`put_rows` in place when autograd is not recording (the cache's own tensors)."""
+    if torch.is_grad_enabled():
+        return full.index_copy(0, rows, part)
+    return full.index_copy_(0, rows, part)
+
+
 def pad_orders(new: Tensor, order: int) -> Tensor:
     """Orders grow from 1 to m+1 factors as full steps arrive: zero-pad to m+1. (B, m+1, N)"""
     if new.shape[1] == order + 1:
         return new
     pad = new.new_zeros((new.shape[0], order + 1 - new.shape[1], *new.shape[2:]))
     return torch.cat([new, pad], dim=1)  # (B, m+1, N)
-
-
-def store_rows(full: Tensor | None, new: Tensor, rows: Tensor | None, order: int) -> Tensor:
-    """Write updated factors (n, <=m+1, N) back into the given rows of ``full`` (B, m+1, N)."""
-    return put_rows(full, pad_orders(new, order), rows)
