@@ -202,3 +202,13 @@ def test_cli_runs_a_tiny_bench(tmp_path) -> None:
     assert main(argv) == 0
     report = (tmp_path / "report.md").read_text()
     assert "--preset DiT-FM" in report and "RFC m=2" in report
+
+
+def test_report_rows_carry_the_wall_clock_overhead_over_taylorseer() -> None:
+    from relcache.evaluation.report import _vs_taylorseer
+
+    ts = {"method": "taylorseer2", "seconds": 10.0}
+    group = [ts, {"method": "rfc2:scope=batch", "seconds": 10.4}, {"method": "fora", "seconds": 9}]
+    rows = [_vs_taylorseer(r, group) for r in group]
+    assert "wall_vs_taylorseer" not in rows[0] and "wall_vs_taylorseer" not in rows[2]
+    assert abs(rows[1]["wall_vs_taylorseer"] - 4.0) < 1e-9

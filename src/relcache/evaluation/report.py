@@ -83,13 +83,14 @@ def format_markdown(
 
 TABLE_COLUMNS = (
     "label", "budget", "nfc", "nfc_std", "tflops", "flops_speedup", "ms_per_image",
-    "wall_speedup", "psnr", "ssim", "fd2fc", "fd", "class_accuracy", "peak_cache_mb",
-    "peak_rss_mb",
+    "wall_speedup", "wall_vs_taylorseer", "psnr", "ssim", "fd2fc", "fd", "class_accuracy",
+    "peak_cache_mb", "peak_rss_mb",
 )  # fmt: skip
 TABLE_FORMATS = {
     "budget": "{}",
     "nfc_std": "{:.2f}",
     "ms_per_image": "{:.1f}",
+    "wall_vs_taylorseer": "{:+.1f}%",
     "peak_cache_mb": "{:.2f}",
     "peak_rss_mb": "{:.0f}",
     "peak_gpu_mb": "{:.0f}",
@@ -109,8 +110,19 @@ def ordered_rows(results: dict, s: BenchSettings) -> list[dict]:
     runs = results["runs"]
     rows = [runs["full"]] if "full" in runs else []
     for budget in s.budgets:
-        rows += [runs[f"{m}@{budget}"] for m in s.methods if f"{m}@{budget}" in runs]
+        group = [runs[f"{m}@{budget}"] for m in s.methods if f"{m}@{budget}" in runs]
+        rows += [_vs_taylorseer(r, group) for r in group]
     return rows
+
+
+def _vs_taylorseer(row: dict, group: list[dict]) -> dict:
+    """The row with its sampling time over TaylorSeer's of the same order and budget, in
+    percent (the overhead the issue's CPU target bounds); None without such a TaylorSeer row."""
+    order = bench_method(row["method"]).knobs.get("order")
+    ts = next((r for r in group if r["method"] == f"taylorseer{order}"), None)
+    if ts is None or not ts.get("seconds") or row is ts or not row.get("seconds"):
+        return row
+    return row | {"wall_vs_taylorseer": (row["seconds"] / ts["seconds"] - 1) * 100}
 
 
 FINDING_METRICS = (("fd2fc", "FD2FC", min), ("psnr", "PSNR", max), ("fd", "FD", min))
