@@ -56,10 +56,13 @@ class BenchMethod:
 
     @property
     def family(self) -> str:
-        """Legend label across budgets, e.g. "TaylorSeer m=2"."""
+        """Legend label across budgets, e.g. "TaylorSeer m=2", "RFC m=2 scope=sample"."""
         if "order" not in self.entry.knobs:
             return self.entry.label
-        return f"{self.entry.label} m={self.entry.example(**self.knobs).order}"
+        example = self.entry.example(**self.knobs)
+        scope = getattr(example, "scope", "row")
+        extra = "" if scope == "row" else f" scope={scope}"
+        return f"{self.entry.label} m={example.order}{extra}"
 
 
 def bench_method(name: str) -> BenchMethod:
