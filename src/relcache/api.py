@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -134,28 +133,8 @@ def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
     if engine.root_forward is None:  # the instance's own forward, if any: remove() restores it
         engine.root_forward = (model.__dict__.get("forward"),)
     eager = engine.root_forward[0] or type(model).forward.__get__(model)
-    compiled = torch.compile(eager, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options)
-    model.forward = _resuming_nested_breaks(compiled) if adaptive else compiled
+    model.forward = torch.compile(eager, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options)
     return target
-
-
-def _resuming_nested_breaks(compiled: Any) -> Any:
-    """RCS breaks the graph inside a block, at its driver module. By default dynamo then
-    compiles each enclosing frame separately, and the blocks' and modules' frames once per
-    module; with ``nested_graph_breaks`` (torch >= 2.10) it resumes tracing where it broke,
-    so a step is two graphs around the decision."""
-    import torch
-
-    config = torch._dynamo.config
-    if not hasattr(config, "nested_graph_breaks"):
-        return compiled
-
-    @functools.wraps(compiled)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        with config.patch(nested_graph_breaks=True):
-            return compiled(*args, **kwargs)
-
-    return forward
 
 
 def remove(target: Any) -> Any:
