@@ -8,6 +8,9 @@
 #   NPROC=2 benchmarks/run_bench.sh   # shard the seeds over 2 processes (torchrun, gloo/NCCL)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Keep freed multi-MB blocks in the process (glibc's thresholds' max): see run_overhead.sh.
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-33554432}"
+export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-17179869184}"
 
 SAMPLES="${SAMPLES:-1000}"
 NPROC="${NPROC:-1}"
