@@ -384,13 +384,14 @@ class CacheEngine:
     ) -> Any:
         """Some rows are full: run them (alone if slicing is allowed) and merge."""
         rows, batch = br.decision.rows, inputs[0].shape[0]
+        taken: dict[int, Tensor] = {}  # id of an argument -> its selected rows
         if self.targets.slice_batch:
-            sub_args, sub_kwargs = take_rows(args, rows, batch), take_rows(kwargs, rows, batch)
+            sub_args, sub_kwargs = take_rows((args, kwargs), rows, batch, taken)
             outs, _ = flatten_output(forward(*sub_args, **sub_kwargs))
         else:
             outs, _ = flatten_output(forward(*args, **kwargs))
             outs = [o.index_select(0, rows) for o in outs]
-        sub_inputs = [x.index_select(0, rows) for x in inputs]
+        sub_inputs = [take_rows(x, rows, batch, taken) for x in inputs]  # arguments: once
         br.predictor.record(name, br.history, rows, _detached(outs), _detached(sub_inputs))
         pairs = zip(pred, outs, strict=False)
         merged = [taylor.put_rows_(p, o.to(p.dtype), rows) for p, o in pairs]  # p: a fresh tensor

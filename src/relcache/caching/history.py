@@ -23,6 +23,7 @@ class History:
     row_steps: list[tuple[int, Tensor | None]] = field(default_factory=list)  # (step, rows)
     _coeff: dict[tuple, Tensor] = field(default_factory=dict)  # this step's k^r / r!
     _scale: dict[tuple, tuple] = field(default_factory=dict)  # r and [r < n_full] / r!
+    _gaps: tuple | None = None  # (rows, (d, n_full)) of this step
 
     def start_rows(self, batch: int, device: torch.device) -> None:
         """First call of the trajectory: no row has a full step yet."""
@@ -36,10 +37,13 @@ class History:
 
     def gaps(self, rows: Tensor | None) -> tuple[Tensor, Tensor]:
         """(d, n_full) of the given rows at a full step: d = i - j, the gap to the last (§2)."""
+        if self._gaps is not None and self._gaps[0] is rows:  # every module of the step asks
+            return self._gaps[1]
         gap = (self.step - self.last_full).clamp_min(1)  # (B,)
-        if rows is None:
-            return gap, self.n_full
-        return gap.index_select(0, rows), self.n_full.index_select(0, rows)
+        if rows is not None:
+            gap, n_full = gap.index_select(0, rows), self.n_full.index_select(0, rows)
+        self._gaps = rows, (gap, self.n_full if rows is None else n_full)
+        return self._gaps[1]
 
     def schedules(self) -> list[list[int]]:
         """Each row's full steps (reads the rows back: for reports, not for the hot path)."""
@@ -80,3 +84,4 @@ class History:
             self._scale.clear()
         self.step += 1
         self._coeff.clear()
+        self._gaps = None

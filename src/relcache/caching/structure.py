@@ -44,14 +44,19 @@ def signature(args: tuple, kwargs: dict) -> tuple:
     return tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, Tensor))
 
 
-def take_rows(value: Any, rows: Tensor, batch: int) -> Any:
-    """Select batch rows of every tensor argument whose leading size is the batch size."""
+def take_rows(value: Any, rows: Tensor, batch: int, taken: dict[int, Tensor] | None = None) -> Any:
+    """Select batch rows of every tensor argument whose leading size is the batch size;
+    ``taken`` (id of a tensor -> its rows) selects each tensor once and tells the caller."""
     if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch:
-        return value.index_select(0, rows)
+        if taken is None:
+            return value.index_select(0, rows)
+        if id(value) not in taken:
+            taken[id(value)] = value.index_select(0, rows)
+        return taken[id(value)]
     if isinstance(value, (tuple, list)):
-        return type(value)(take_rows(v, rows, batch) for v in value)
+        return type(value)(take_rows(v, rows, batch, taken) for v in value)
     if isinstance(value, dict):
-        return {k: take_rows(v, rows, batch) for k, v in value.items()}
+        return {k: take_rows(v, rows, batch, taken) for k, v in value.items()}
     return value
 
 

@@ -28,13 +28,16 @@ def update_factors(old: Tensor | None, value: Tensor, gap: Tensor, n_full: Tenso
     this one. Order r+1 is only formed while the old f_r exists (n_full > r); otherwise it is 0.
     Returns (B, m+1, N) (m = 0 without ``old``).
     """
-    new = [accum(value).reshape(value.shape[0], -1)]  # f0: (B, N)
+    flat = value.reshape(value.shape[0], -1)  # (B, N)
     order = 0 if old is None else old.shape[1] - 1
+    dtype = torch.promote_types(flat.dtype, torch.float32)  # fp32+, and the old factors'
+    dtype = dtype if old is None else torch.promote_types(dtype, old.dtype)
+    new = torch.empty((flat.shape[0], order + 1, flat.shape[1]), dtype=dtype, device=flat.device)
+    new[:, 0].copy_(flat)  # f0 = O(i)
     for r in range(order):
-        exists = (n_full > r)[:, None]  # (B, 1)
-        diff = (new[r] - old[:, r]) / gap.to(new[r].dtype)[:, None]  # (B, N)
-        new.append(torch.where(exists, diff, torch.zeros_like(diff)))
-    return torch.stack(new, dim=1)  # (B, m+1, N)
+        divisor = torch.where(n_full > r, gap.to(dtype), math.inf)[:, None]  # (B, 1): 0 if none
+        torch.sub(new[:, r], old[:, r], out=new[:, r + 1]).div_(divisor)
+    return new  # (B, m+1, N)
 
 
 def taylor_coefficients(
@@ -68,9 +71,8 @@ def update_factors_(
 ) -> Tensor:
     """:func:`update_factors` of every row, written into ``factors`` (B, m+1, N) in place.
 
-    Same values (the same subtraction and division; a not yet formed order gets 0 by dividing by
-    inf), without the fresh (B, m+1, N) tensor and its temporaries: 2 kernels per order and one
-    copy. Returns ``factors``.
+    Same values as :func:`update_factors` (the same subtraction and division), without a fresh
+    (B, m+1, N) tensor: 2 kernels per order and one copy per order. Returns ``factors``.
     """
     cur = value.reshape(value.shape[0], -1)  # f_r(new), starting with f0 = O(i): (B, N)
     order = factors.shape[1] - 1
