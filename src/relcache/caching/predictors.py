@@ -179,7 +179,9 @@ class RelationalPredictor(TaylorPredictor):
             self.grams[slot] = taylor.put_rows(self.grams[slot], gram, rows)
         self._stacks = None  # this step's plan stays: it serves only slots not yet recorded
 
-    def _record_input(self, st: RelationalState, inputs: list[Tensor], rows: Tensor | None):
+    def _record_input(
+        self, st: RelationalState, inputs: list[Tensor], rows: Tensor | None
+    ) -> Tensor:
         """Store I(i) for ``rows`` (in owned buffers, in place once they exist) and return
         ||I(i) - I(j)|| of those rows (zeros at the first full step). (b,)"""
         if not st.last_input or (rows is None and torch.is_grad_enabled()):

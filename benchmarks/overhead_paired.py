@@ -1,0 +1,79 @@
+"""RFC's wall-clock overhead over TaylorSeer, timed in interleaved rounds.
+
+The bench (``run_overhead.sh``) times each method once, minutes apart, so a drift of the shared
+machine lands on one method. Here every round generates the same batch with every method, in a
+rotated order, and the overhead is the ratio of medians over rounds (paired, robust to drift).
+The methods and the RCS thresholds are those of a bench run (its results.json), so the NFCs
+match the bench's.
+
+    python benchmarks/overhead_paired.py                       # 64 images x 5 rounds, ~8 min
+    python benchmarks/overhead_paired.py --budgets 14 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from relcache.evaluation.budgets import bench_method
+from relcache.evaluation.runner import run_method, warm_up
+from relcache.shipped import load_generator
+
+
+def configs(results: dict, budget: int, steps: int) -> dict:
+    """Method name -> its config at ``budget``, RCS at the bench's calibrated threshold."""
+    out = {}
+    for run_id, row in results["runs"].items():
+        if not run_id.endswith(f"@{budget}"):
+            continue
+        spec = bench_method(row["method"])
+        tau = row.get("threshold")
+
+        def calibrate(make, target, tau=tau):
+            return tau, {}
+
+        config, _ = spec.entry.for_nfc(budget, steps, calibrate=calibrate, **spec.knobs)
+        out[row["method"]] = (row["label"], config)
+    return out
+
+
+def main() -> None:
+    """Per budget: median seconds per method over rounds and the ratio to TaylorSeer's."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", default="benchmarks/results/overhead/results.json")
+    p.add_argument("--budgets", default="14,10,7")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--images", type=int, default=64, help="one batch of this many images")
+    p.add_argument("--steps", type=int, default=50)
+    args = p.parse_args()
+    results = json.loads(Path(args.results).read_text())
+    model = load_generator()
+    seeds, labels = list(range(args.images)), torch.arange(args.images) % 10
+    kw = dict(steps=args.steps, cfg_scale=3.0, batch_size=args.images, progress=False)
+    warm_up(model, 3.0)
+    print("| budget | method | NFC | median s | min s | vs TaylorSeer (medians) |")
+    print("|---|---|---|---|---|---|")
+    for budget in [int(b) for b in args.budgets.split(",")]:
+        methods = configs(results, budget, args.steps)
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        nfc = {}
+        for r in range(args.rounds):
+            order = list(methods)[r % len(methods) :] + list(methods)[: r % len(methods)]
+            for name in order:
+                gen = run_method(model, methods[name][1], seeds, labels, **kw)
+                times[name].append(gen.seconds)
+                nfc[name] = gen.mean_nfc
+        base = next((statistics.median(t) for m, t in times.items() if "taylorseer" in m), None)
+        for name, t in times.items():
+            med = statistics.median(t)
+            vs = "-" if base is None or "taylorseer" in name else f"{(med / base - 1) * 100:+.1f}%"
+            label = methods[name][0]
+            print(f"| {budget} | {label} | {nfc[name]:.2f} | {med:.2f} | {min(t):.2f} | {vs} |")
+
+
+if __name__ == "__main__":
+    main()
