@@ -35,11 +35,8 @@ class Decision:
 
     @staticmethod
     def from_mask(mask: Tensor) -> Decision:
-        """From a (B,) bool mask of full rows; reads one number from the device (a host sync)."""
-        n = int(mask.sum())
-        if n == mask.shape[0]:
-            return FULL
-        return CACHED if n == 0 else Decision(False, mask.nonzero()[:, 0])
+        """From a (B,) bool mask of full rows (one host sync, as :meth:`from_keep`)."""
+        return Decision.from_keep(~mask)
 
     @staticmethod
     def from_keep(keep: Tensor) -> Decision:

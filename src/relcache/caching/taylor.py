@@ -35,9 +35,14 @@ def update_factors(old: Tensor | None, value: Tensor, gap: Tensor, n_full: Tenso
     new = torch.empty((flat.shape[0], order + 1, flat.shape[1]), dtype=dtype, device=flat.device)
     new[:, 0].copy_(flat)  # f0 = O(i)
     for r in range(order):
-        divisor = torch.where(n_full > r, gap.to(dtype), math.inf)[:, None]  # (B, 1): 0 if none
-        torch.sub(new[:, r], old[:, r], out=new[:, r + 1]).div_(divisor)
+        torch.sub(new[:, r], old[:, r], out=new[:, r + 1]).div_(_divisor(gap, n_full, r, dtype))
     return new  # (B, m+1, N)
+
+
+def _divisor(gap: Tensor, n_full: Tensor, r: int, dtype: torch.dtype) -> Tensor:
+    """The gap d that divides order r+1, or inf where f_r(old) does not exist yet (n_full <= r),
+    which makes that order 0. (B, 1)"""
+    return torch.where(n_full > r, gap.to(dtype), math.inf)[:, None]
 
 
 def taylor_coefficients(
@@ -77,9 +82,8 @@ def update_factors_(
     cur = value.reshape(value.shape[0], -1)  # f_r(new), starting with f0 = O(i): (B, N)
     order = factors.shape[1] - 1
     for r in range(order):
-        divisor = torch.where(n_full > r, gap.to(factors.dtype), math.inf)[:, None]  # (B, 1)
         nxt = scratch.get(factors[:, 0], slot=r % 2)  # (B, N)
-        torch.sub(cur, factors[:, r], out=nxt).div_(divisor)  # f_{r+1}(new)
+        torch.sub(cur, factors[:, r], out=nxt).div_(_divisor(gap, n_full, r, factors.dtype))
         factors[:, r].copy_(cur)  # f_r(old) is no longer needed
         cur = nxt
     factors[:, order].copy_(cur)
@@ -104,9 +108,8 @@ def record_rows(
     if factors is None:  # the trajectory's first full step
         new = pad_orders(update_factors(None, value, gap, n_full), order)
         return new, new
-    in_place = not torch.is_grad_enabled()
     if rows is None:
-        if in_place:
+        if not torch.is_grad_enabled():
             return update_factors_(factors, value, gap, n_full, scratch), factors
         new = update_factors(factors, value, gap, n_full)
         return new, new

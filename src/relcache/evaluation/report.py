@@ -116,8 +116,8 @@ def ordered_rows(results: dict, s: BenchSettings) -> list[dict]:
 
 
 def _vs_taylorseer(row: dict, group: list[dict]) -> dict:
-    """The row with its sampling time over TaylorSeer's of the same order and budget, in
-    percent (the overhead the issue's CPU target bounds); None without such a TaylorSeer row."""
+    """The row with ``wall_vs_taylorseer``: its sampling time over TaylorSeer's of the same
+    order and budget, in percent; unchanged without such a TaylorSeer row (or for it)."""
     order = bench_method(row["method"]).knobs.get("order")
     ts = next((r for r in group if r["method"] == f"taylorseer{order}"), None)
     if ts is None or not ts.get("seconds") or row is ts or not row.get("seconds"):
@@ -169,7 +169,7 @@ def _rfc_comparisons(group: list[dict]) -> list[str]:
             for key, name, _ in FINDING_METRICS
             if finite(rfc.get(key)) and finite(ts.get(key))
         ]
-        overhead = (rfc["seconds"] / ts["seconds"] - 1) * 100 if ts["seconds"] else math.nan
+        overhead = rfc.get("wall_vs_taylorseer", math.nan)  # ordered_rows computed it
         cmp.append(
             f"wall-clock overhead of RFC over TaylorSeer {overhead:+.1f}% "
             f"(NFC {rfc['nfc']:.2f} vs {ts['nfc']:.2f})"
