@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 
 import torch
 
@@ -175,8 +176,14 @@ def main() -> None:
         model, call = flux_setup(args.batch, device, dtype)
     else:
         model, call = dit_setup(args.preset, args.batch, device, dtype)
-    for name in args.methods.split(","):
+    names = args.methods.split(",")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; pick from {','.join(METHODS)}")
+    for name in names:
         if args.meta and name.startswith("rfc"):
+            print(f"{name}: skipped on the meta device (RCS reads its decision from the "
+                  "device); run it on cpu or cuda", file=sys.stderr)  # fmt: skip
             continue
         row = {"method": name, "preset": args.preset, "batch": args.batch, "device": device}
         row.update(measure(model, call, METHODS[name], args))
