@@ -1,6 +1,6 @@
 """relcache.compile: the cached model's forward under torch.compile, fullgraph for fixed
-schedules (two graphs, no recompiles over trajectories), one graph break per step for RCS, the
-same samples and stats as eager. Dynamo's "eager" backend keeps the test fast: it traces exactly
+schedules and RCS (two graphs, no recompiles over trajectories; RCS decides from an eager run up
+to its driver), the same samples and stats as eager. Dynamo's "eager" backend keeps the test fast: it traces exactly
 as inductor would, without generating kernels (benchmarks/hot_path.py times inductor)."""
 
 from __future__ import annotations
@@ -75,26 +75,55 @@ def test_fixed_schedules_compile_to_two_graphs_with_the_eager_samples(model, nam
 
 
 @pytest.mark.parametrize("name", list(RCS))
-def test_rcs_breaks_the_graph_only_at_its_decision(model, name) -> None:
+def test_rcs_compiles_to_two_graphs_with_the_eager_samples_and_schedules(model, name) -> None:
+    """RCS decides in the root hook (from an eager run up to its driver): fullgraph, no break;
+    a per-row step with only some rows full runs eagerly."""
     config = RCS[name]
     ref, ref_stats = _eager(model, config)
     with relcache.cached(model, config):
-        relcache.compile(model, backend="eager")
+        relcache.compile(model, backend="eager")  # fullgraph=True: a graph break would raise
         out = _sample(model)
         first = _graphs()
         assert torch.equal(_sample(model), out)  # the same generation again: no new graph
         stats = relcache.stats(model)
-    assert _graphs() == first
+    assert first == 2 and _graphs() == first and not counters["graph_break"]
     assert torch.equal(out, ref)
     assert stats.schedules == ref_stats.schedules and stats.nfc == ref_stats.nfc
-    reasons = list(counters["graph_break"])
-    assert reasons and all("_decide" in r or "_route" in r for r in reasons)
+    assert stats.module_calls == ref_stats.module_calls
 
 
-def test_rcs_refuses_fullgraph_with_the_fix(model) -> None:
-    with relcache.cached(model, RCS["rfc2"]):
-        with pytest.raises(ValueError, match="fullgraph=False"):
-            relcache.compile(model, fullgraph=True, backend="eager")
+def _drifting_rows(model, steps: int = 12) -> list[torch.Tensor]:
+    """A trajectory whose 4 rows change at 4 different paces (per-row RCS splits them)."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 1, 28, 28, generator=g)  # (B, C, H, W)
+    pace = torch.tensor([0.01, 0.05, 0.2, 0.5])[:, None, None, None]  # (B, 1, 1, 1)
+    drift = torch.randn(4, 1, 28, 28, generator=g) * pace
+    y = torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        return [model(base + drift * i, torch.full((4,), 999 - 80 * i), y) for i in range(steps)]
+
+
+def test_per_row_rcs_runs_its_partial_steps_eagerly(model) -> None:
+    """Rows that take different schedules make partial steps: they run the eager forward
+    (same outputs as eager), the other steps the two graphs."""
+    config = relcache.RFC(order=2, threshold=0.1)
+    with relcache.cached(model, config):
+        ref = _drifting_rows(model)
+        rows = relcache.stats(model).schedules["call0"]
+    assert len({tuple(r) for r in rows}) == 4  # four schedules: partial steps exist
+    with relcache.cached(model, config):
+        relcache.compile(model, backend="eager")
+        out = _drifting_rows(model)
+        assert relcache.stats(model).schedules["call0"] == rows
+    assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
+    assert _graphs() == 2 and not counters["graph_break"]
+
+
+def test_rcs_driver_that_never_runs_is_named(model) -> None:
+    with relcache.cached(model, RCS["rfc2"], driver=r"blocks\.1\.attn"):
+        relcache.compile(model, backend="eager")
+        with pytest.raises(RuntimeError, match="driver"):
+            _sample(model)
 
 
 def test_remove_restores_the_uncompiled_forward(model) -> None:
@@ -118,18 +147,47 @@ def test_compile_needs_relcache_applied(model) -> None:
         relcache.compile(model)
 
 
-def test_a_diffusers_transformer_compiles_in_one_graph_per_decision() -> None:
+@pytest.mark.parametrize("config", [FIXED["rfe2"], RCS["rfc2-batch"]], ids=["rfe2", "rfc2"])
+def test_a_diffusers_transformer_compiles_in_one_graph_per_decision(config) -> None:
     """The diffusers DiT reads its step from the timestep (in the eager root hook): fullgraph."""
     pytest.importorskip("diffusers")
     from relcache.models.diffusers_dit import DiffusersDiT
 
     wrapped = DiffusersDiT.from_dit(random_dit("DiT-FM", depth=2, hidden_size=64, num_heads=4))
-    config = FIXED["rfe2"]
     with relcache.cached(wrapped.transformer, config):
         ref = _sample(wrapped)
+        ref_stats = relcache.stats(wrapped.transformer)
     with relcache.cached(wrapped.transformer, config):
         relcache.compile(wrapped.transformer, backend="eager")
         out = _sample(wrapped)
         assert torch.equal(_sample(wrapped), out)
+        assert relcache.stats(wrapped.transformer).full_steps == ref_stats.full_steps
     assert torch.equal(out, ref)
+    assert _graphs() == 2 and not counters["graph_break"]
+
+
+def test_rcs_with_sequential_cfg_branches_matches_eager(model) -> None:
+    """Two calls per step (cond, then uncond, same timestep): the second branch follows the
+    first's decision (scope="sample"); compiled, it probes only to record its full rows."""
+    config = relcache.RFC(order=2, threshold=0.1, scope="sample")
+    g = torch.Generator().manual_seed(0)
+    x, drift = torch.randn(2, 2, 1, 28, 28, generator=g)  # (B, C, H, W) each
+
+    def trajectory() -> list[torch.Tensor]:
+        outs = []
+        with torch.no_grad():
+            for i in range(12):
+                t = torch.full((2,), 999 - 80 * i)
+                for y in (torch.tensor([1, 2]), torch.tensor([10, 10])):  # cond, uncond
+                    outs.append(model(x + 0.1 * i * drift, t, y))
+        return outs
+
+    with relcache.cached(model, config):
+        ref, ref_stats = trajectory(), relcache.stats(model)
+    with relcache.cached(model, config):
+        relcache.compile(model, backend="eager")
+        out, stats = trajectory(), relcache.stats(model)
+    assert len(ref_stats.full_steps) == 2 and ref_stats.full_steps["call0"] == [0, 1, 5, 9]
+    assert stats.full_steps == ref_stats.full_steps
+    assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
     assert _graphs() == 2 and not counters["graph_break"]

@@ -98,33 +98,26 @@ def apply(
 def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
     target: Any,
     *,
-    fullgraph: bool | None = None,
+    fullgraph: bool = True,
     mode: str | None = None,
     dynamic: bool | None = False,
     **options: Any,
 ) -> Any:
     """``torch.compile`` a cached model's forward; returns ``target``.
 
-    Fixed schedules (FORA, TaylorSeer, +RFE): the step's choice (full or cached) is made in the
-    engine's hooks around the compiled forward, so ``fullgraph=True`` (the default) compiles
-    two graphs (a full step, a cached step) and never recompiles over a trajectory or across
-    generations; ``mode="reduce-overhead"`` gives CUDA graphs on a GPU. RCS decides inside the
-    step, at its driver module, from a device value: one graph break per step there
-    (``fullgraph=False``, the default for RCS). :func:`remove` restores the uncompiled forward.
+    The step's choice (full or cached) is made in the engine's hooks around the compiled
+    forward, so ``fullgraph=True`` (the default) compiles two graphs (a full step, a cached step)
+    that never recompile over a trajectory or across generations; ``mode="reduce-overhead"``
+    gives CUDA graphs on a GPU. RCS decides in that hook too, from its driver module's input:
+    the model's forward runs eagerly up to the driver (the embedders and the first block's
+    modulation run twice), then the step's compiled graph runs. A step where RCS sends only
+    some rows to a full step (``scope="row"`` or ``"sample"``) runs eagerly: its full rows are a
+    sub-batch. :func:`remove` restores the uncompiled forward.
     """
     import torch
 
     model = resolve_model(target)
     engine = _engine(model)
-    adaptive = engine.config.adaptive
-    if fullgraph is None:
-        fullgraph = not adaptive
-    if fullgraph and adaptive:
-        raise ValueError(
-            f"{engine.config.describe()} decides each step at its driver module from a device "
-            "value (RCS), which breaks the graph once per step: pass fullgraph=False, or use a "
-            "fixed schedule such as RFC(rcs=False, interval=N) for one graph"
-        )
     if engine.observer is not None:
         raise ValueError("relcache.observe runs eagerly; leave the observe() block first")
     if not engine.traceable:
@@ -133,7 +126,18 @@ def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
     if engine.root_forward is None:  # the instance's own forward, if any: remove() restores it
         engine.root_forward = (model.__dict__.get("forward"),)
     eager = engine.root_forward[0] or type(model).forward.__get__(model)
-    model.forward = torch.compile(eager, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options)
+    engine.eager_forward = eager
+    compiled = torch.compile(eager, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        """The step's compiled graph, or the eager forward for a step with only some rows
+        full (its decision was taken in the root hook, before this call)."""
+        br = engine.active
+        if br is not None and br.decision is not None and br.decision.rows is not None:
+            return eager(*args, **kwargs)
+        return compiled(*args, **kwargs)
+
+    model.forward = forward
     return target
 
 

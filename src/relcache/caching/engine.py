@@ -88,6 +88,15 @@ def _detached(tensors: list[Tensor]) -> list[Tensor]:
     return [t.detach() for t in tensors]
 
 
+class _DriverReached(BaseException):
+    """Ends :meth:`CacheEngine._probe` at the driver module (a BaseException: a model's own
+    ``except Exception`` does not swallow it)."""
+
+    def __init__(self, inputs: list[Tensor]) -> None:
+        super().__init__("the RCS driver was reached")
+        self.inputs = inputs
+
+
 class CacheEngine:
     """Holds a model's cache config, its wrapped modules and the per-branch state."""
 
@@ -114,6 +123,8 @@ class CacheEngine:
         self.traceable = False  # wrappers torch.compile traces (relcache.compile), see below
         self.captured: dict[str, tuple] = {}  # traceable full step: outputs, inputs, template
         self.root_forward: tuple | None = None  # relcache.compile: the root's own forward, if any
+        self.eager_forward: Callable | None = None  # relcache.compile: the uncompiled forward
+        self.probing = False  # traceable RCS: running the model up to its driver (see _probe)
 
     def _pick_driver(self) -> str:
         if self.targets.driver is None:
@@ -174,6 +185,8 @@ class CacheEngine:
         br = self._branch(place, signature(args, kwargs))
         self._start_step(br)
         self.active = br
+        if self.traceable and br.scheduler.uses_driver and self._needs_driver(br):
+            self._decide(br, self._probe(args, kwargs))
 
     def _branch(self, place: CallPlace, sig: tuple) -> BranchState:
         """The branch this call continues, or a fresh one (steps.py has the rules)."""
@@ -227,6 +240,30 @@ class CacheEngine:
         if br.decision is not None and not br.decision.all_full:
             br.predictor.prepare(br.history)
 
+    @staticmethod
+    def _needs_driver(br: BranchState) -> bool:
+        """Whether the scheduler must see this step's driver input: to decide, or to record it
+        for the rows that run fully (a decision known in advance with no full row: no)."""
+        return br.decision is None or br.decision.any_full
+
+    def _probe(self, args: tuple, kwargs: dict) -> list[Tensor]:
+        """Traceable RCS: the driver module's inputs of this call, from an eager run of the
+        model's forward that stops when the driver is reached (the blocks before it run twice;
+        typically the embedders and the first block's modulation). The step's decision is then
+        taken before the compiled forward runs, which compiles one graph per kind of step."""
+        self.probing = True
+        try:
+            with torch.no_grad():
+                self.eager_forward(*args, **kwargs)
+        except _DriverReached as reached:
+            return reached.inputs
+        finally:
+            self.probing = False
+        raise RuntimeError(
+            f"the RCS driver {self.driver!r} was not called by the model's forward; pass "
+            "driver= a cached module the model calls at every step"
+        )
+
     def _discard_failed(self) -> None:
         """A call raised mid-step: its branch is half-updated, so forget it (and, for an
         automatic branch, the whole generation); the next call starts afresh."""
@@ -277,17 +314,19 @@ class CacheEngine:
         """A cached module as torch.compile can trace it: it reads only the step's decision
         (all full or none: two graphs) and tensors; everything that reads a step counter
         (recording, coefficients, counters) runs eagerly in the root hooks, outside the graph.
-        RCS decides eagerly at its driver (one graph break per step); a step where only some
-        rows run fully is routed eagerly."""
+        RCS decides in the root hook too, from :meth:`_probe`; a step where only some rows run
+        fully runs the uncompiled forward (relcache.compile), whose modules route eagerly."""
 
         def traced_forward(*args: Any, **kwargs: Any) -> Any:
             br = self.active
             if br is None:
                 return forward(*args, **kwargs)
             inputs = as_tensors(self.targets.inputs(name, args, kwargs))
-            if name == self.driver and br.scheduler.uses_driver:
-                decide(br, inputs)  # RCS: the step's one graph break
-            elif br.decision is None:
+            if self.probing:
+                if name == self.driver:
+                    raise _DriverReached(inputs)
+                self._driver_missing(name)
+            if br.decision is None:
                 self._driver_missing(name)
             if br.decision.rows is not None:  # RCS per row, some rows full: eagerly
                 return route(br, name, forward, inputs, args, kwargs)
@@ -299,7 +338,7 @@ class CacheEngine:
             pred = br.predictor.predict(name, br.history, inputs)
             return rebuild_output(pred, br.templates[name])
 
-        decide, route = torch.compiler.disable(self._decide), torch.compiler.disable(self._route)
+        route = torch.compiler.disable(self._route)
         return traced_forward
 
     def _wrapper(self, name: str, forward: Callable) -> Callable:
