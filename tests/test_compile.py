@@ -103,19 +103,22 @@ def _drifting_rows(model, steps: int = 12) -> list[torch.Tensor]:
         return [model(base + drift * i, torch.full((4,), 999 - 80 * i), y) for i in range(steps)]
 
 
-def test_per_row_rcs_runs_its_partial_steps_eagerly(model) -> None:
-    """Rows that take different schedules make partial steps: they run the eager forward
-    (same outputs as eager), the other steps the two graphs."""
+def test_per_row_rcs_splits_its_partial_steps(model) -> None:
+    """Rows that take different schedules make partial steps: the cached graph runs for every
+    row and the full rows alone run eagerly (a sub-batch); same schedules and, up to the
+    sub-batch's rounding, the same outputs as eager; still two graphs."""
     config = relcache.RFC(order=2, threshold=0.1)
     with relcache.cached(model, config):
         ref = _drifting_rows(model)
-        rows = relcache.stats(model).schedules["call0"]
+        ref_stats = relcache.stats(model)
+    rows = ref_stats.schedules["call0"]
     assert len({tuple(r) for r in rows}) == 4  # four schedules: partial steps exist
     with relcache.cached(model, config):
         relcache.compile(model, backend="eager")
         out = _drifting_rows(model)
-        assert relcache.stats(model).schedules["call0"] == rows
-    assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
+        stats = relcache.stats(model)
+    assert stats.schedules["call0"] == rows and stats.module_calls == ref_stats.module_calls
+    assert max((a - b).abs().max().item() for a, b in zip(out, ref, strict=True)) < 1e-5
     assert _graphs() == 2 and not counters["graph_break"]
 
 

@@ -426,3 +426,22 @@ def test_stats_give_each_rows_schedule() -> None:
             run_trajectory(model, xs)
         rows = relcache.stats(model).schedules["call0"]
     assert len(rows) == 3 and all(len(r) == 6 and r[:2] == [0, 1] for r in rows)
+
+
+def test_merge_rows_replaces_batch_rows_in_any_output_structure() -> None:
+    """relcache.compile's split step merges whole model outputs (tensor, tuple, dict-like)."""
+    from collections import OrderedDict
+
+    from relcache.caching.structure import merge_rows
+
+    whole = torch.zeros(4, 2)
+    part = torch.ones(2, 2)
+    rows = torch.tensor([1, 3])
+    expected = torch.tensor([[0.0, 0], [1, 1], [0, 0], [1, 1]])
+    assert torch.equal(merge_rows(whole, part, rows, 4), expected)
+    assert torch.equal(whole, torch.zeros(4, 2))  # out of place
+    shared = torch.full((3,), 7.0)  # not batch-sized: kept
+    merged = merge_rows((whole, shared), (part, shared[:1]), rows, 4)
+    assert isinstance(merged, tuple) and torch.equal(merged[0], expected) and merged[1] is shared
+    out = merge_rows(OrderedDict(sample=whole), OrderedDict(sample=part), rows, 4)
+    assert type(out) is OrderedDict and torch.equal(out["sample"], expected)

@@ -111,8 +111,9 @@ def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
     gives CUDA graphs on a GPU. RCS decides in that hook too, from its driver module's input:
     the model's forward runs eagerly up to the driver (the embedders and the first block's
     modulation run twice), then the step's compiled graph runs. A step where RCS sends only
-    some rows to a full step (``scope="row"`` or ``"sample"``) runs eagerly: its full rows are a
-    sub-batch. :func:`remove` restores the uncompiled forward.
+    some rows to a full step (``scope="row"`` or ``"sample"``) runs the cached graph for every
+    row and the full rows alone through the eager forward (a sub-batch). :func:`remove`
+    restores the uncompiled forward.
     """
     import torch
 
@@ -130,12 +131,8 @@ def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
     compiled = torch.compile(eager, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        """The step's compiled graph, or the eager forward for a step with only some rows
-        full (its decision was taken in the root hook, before this call)."""
-        br = engine.active
-        if br is not None and br.decision is not None and br.decision.rows is not None:
-            return eager(*args, **kwargs)
-        return compiled(*args, **kwargs)
+        """The step's compiled graph (its decision was taken in the root hook)."""
+        return engine.compiled_step(compiled, eager, args, kwargs)
 
     model.forward = forward
     return target

@@ -19,13 +19,14 @@ from torch import Tensor, nn
 
 from relcache.caching import taylor
 from relcache.caching.methods import CacheMethod
-from relcache.caching.schedulers import Decision
+from relcache.caching.schedulers import CACHED, FULL, Decision
 from relcache.caching.state import BranchState
 from relcache.caching.steps import CallPlace, Reading, StepTracker, read_timestep
 from relcache.caching.structure import (
     as_tensors,
     first_tensor,
     flatten_output,
+    merge_rows,
     rebuild_output,
     signature,
     take_rows,
@@ -263,6 +264,38 @@ class CacheEngine:
             f"the RCS driver {self.driver!r} was not called by the model's forward; pass "
             "driver= a cached module the model calls at every step"
         )
+
+    def compiled_step(self, compiled: Callable, eager: Callable, args: tuple, kwargs: dict) -> Any:
+        """relcache.compile's forward: the step's compiled graph; a step where RCS sends only
+        some rows to a full step runs as :meth:`_split_step` (rows independent, as
+        ``slice_batch`` says) or else eagerly."""
+        br = self.active
+        if br is None or br.decision is None or br.decision.rows is None:
+            return compiled(*args, **kwargs)
+        if not self.targets.slice_batch:
+            return eager(*args, **kwargs)
+        return self._split_step(compiled, eager, args, kwargs)
+
+    def _split_step(self, compiled: Callable, eager: Callable, args: tuple, kwargs: dict) -> Any:
+        """Some rows full, compiled: the cached graph for every row, then the full rows alone
+        through the eager forward (a new sub-batch size would recompile), recorded for those
+        rows; their outputs replace the cached ones."""
+        br = self.active
+        partial, rows = br.decision, br.decision.rows
+        try:
+            br.decision = CACHED
+            predicted = compiled(*args, **kwargs)
+            br.decision = FULL
+            sub_args, sub_kwargs = take_rows((args, kwargs), rows, br.batch)
+            computed = eager(*sub_args, **sub_kwargs)
+        finally:
+            br.decision = partial
+        for name in self.names:
+            br.cached_calls[name] = br.cached_calls.get(name, 0) + 1
+        for name, (outs, inputs, _) in self.captured.items():
+            br.predictor.record(name, br.history, rows, _detached(outs), _detached(inputs))
+        self.captured.clear()
+        return merge_rows(predicted, computed, rows, br.batch)
 
     def _discard_failed(self) -> None:
         """A call raised mid-step: its branch is half-updated, so forget it (and, for an

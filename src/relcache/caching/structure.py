@@ -60,6 +60,20 @@ def take_rows(value: Any, rows: Tensor, batch: int, taken: dict[int, Tensor] | N
     return value
 
 
+def merge_rows(whole: Any, part: Any, rows: Tensor, batch: int) -> Any:
+    """``whole`` (a model output: tensors in tuples, lists, dicts or dict-like outputs) with the
+    given batch rows of each batch-sized tensor replaced by ``part``'s, out of place."""
+    if isinstance(whole, Tensor):
+        if whole.dim() == 0 or whole.shape[0] != batch:
+            return whole
+        return whole.index_copy(0, rows, part.to(whole.dtype))  # (B, ...)
+    if isinstance(whole, (tuple, list)):
+        return type(whole)(merge_rows(w, p, rows, batch) for w, p in zip(whole, part, strict=True))
+    if isinstance(whole, dict):  # diffusers' BaseOutput is a dict too, built from keywords
+        return type(whole)(**{k: merge_rows(v, part[k], rows, batch) for k, v in whole.items()})
+    return whole
+
+
 def as_tensors(value: Tensor | tuple | list) -> list[Tensor]:
     """A module's selected input(s) as a list of tensors."""
     return [value] if isinstance(value, Tensor) else [v for v in value if v is not None]
