@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The hot-path issue's GPU check in one run (H100/H200 class, ~8 minutes): kernel counts at
+# The hot-path issue's GPU check in one run (H100/H200 class, ~10 minutes): kernel counts at
 # DiT-XL/2 and FLUX.1-dev size, then timed 50-step generations, eager / compiled / CUDA graphs.
 # Run from the repo root; results land in ${OUT:-gpu_results}/.
 set -uo pipefail
@@ -13,7 +13,8 @@ python benchmarks/hot_path.py --preset DiT-XL/2 --device cuda --dtype bfloat16 -
 python benchmarks/gpu_generation.py --device cuda --dtype bfloat16 --preset DiT-XL/2 \
   --batch 2 --nfc 14,8 --modes eager --out "$OUT/gen_dit_xl2.jsonl"
 python benchmarks/gpu_generation.py --device cuda --dtype bfloat16 --preset DiT-XL/2 \
-  --batch 2,16 --nfc 14 --methods full,taylorseer,rfc --modes compiled,reduce-overhead \
+  --batch 2,16 --nfc 14 --methods full,taylorseer,rfc,rfc:scope=batch \
+  --modes compiled,reduce-overhead \
   --out "$OUT/gen_dit_xl2_compiled.jsonl"
 python benchmarks/gpu_generation.py --device cuda --dtype bfloat16 --preset flux-dev \
   --size 512 --batch 2 --nfc 14 --modes eager --out "$OUT/gen_flux.jsonl"

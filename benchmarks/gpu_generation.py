@@ -25,7 +25,7 @@ import time
 import torch
 
 import relcache
-from relcache.caching.methods import METHODS
+from relcache.caching.methods.registry import parse_method
 
 DIT_METHODS = ("full", "fora", "taylorseer", "rfc")
 
@@ -96,7 +96,8 @@ def config_for(name: str, nfc: int, steps: int, model, step):
             lo, hi = (math.log(tau), hi) if got > target else (lo, math.log(tau))
         return tau, {"calibration_nfc": got}
 
-    return METHODS[name].for_nfc(nfc, steps, calibrate=calibrate)[0]
+    entry, knobs = parse_method(name)  # e.g. rfc:scope=batch
+    return entry.for_nfc(nfc, steps, calibrate=calibrate, **knobs)[0]
 
 
 def run(args) -> list[dict]:
@@ -129,7 +130,7 @@ def compiled(model, config, mode: str):
     torch._dynamo.reset()
     if config is None:
         return torch.compile(model, fullgraph=True, mode=_mode(mode))
-    relcache.compile(model, mode=_mode(mode))  # fixed schedules: fullgraph; RCS: one break/step
+    relcache.compile(model, mode=_mode(mode))  # fullgraph: two graphs (RCS too)
     return model
 
 

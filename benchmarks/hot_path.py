@@ -116,7 +116,7 @@ def time_steps(model, call, args) -> dict:
     """Median ms of a full and a cached step, eager and (``--compile``) compiled, two
     generations each; compiled: graphs made in the first generation, recompiles in the second.
     "compiled" is ``torch.compile(model)`` (graph breaks around the cached modules), "fullgraph"
-    is ``relcache.compile(model, mode=--mode)`` (RCS: one break per step, at its decision)."""
+    is ``relcache.compile(model, mode=--mode)`` (two graphs; RCS decides before the graph runs)."""
     device = next(model.parameters()).device
     variants = {"eager": call}
     if args.compile:

@@ -1,7 +1,8 @@
 """relcache.compile: the cached model's forward under torch.compile, fullgraph for fixed
 schedules and RCS (two graphs, no recompiles over trajectories; RCS decides from an eager run up
-to its driver), the same samples and stats as eager. Dynamo's "eager" backend keeps the test fast: it traces exactly
-as inductor would, without generating kernels (benchmarks/hot_path.py times inductor)."""
+to its driver), the same samples and stats as eager. Dynamo's "eager" backend keeps the test
+fast: it traces exactly as inductor would, without generating kernels (benchmarks/hot_path.py
+times inductor)."""
 
 from __future__ import annotations
 

@@ -84,10 +84,11 @@ def test_gpu_generation_script_runs_at_toy_size_on_cpu() -> None:
     spec.loader.exec_module(script)
     args = argparse.Namespace(
         preset="DiT-FM", size=0, device="cpu", dtype="float32", steps=6, batch=(1,), nfc=(4,),
-        methods=("full", "taylorseer", "rfc"), modes=("eager",), out=None,
+        methods=("full", "taylorseer", "rfc", "rfc:scope=batch"), modes=("eager",), out=None,
     )  # fmt: skip
     rows = script.run(args)
-    assert [r["method"] for r in rows] == ["full", "TaylorSeer N=2 m=2", "RFC m=2"]
+    names = ["full", "TaylorSeer N=2 m=2", "RFC m=2", "RFC m=2 batch"]
+    assert [r["method"] for r in rows] == names
     assert all(r["error"] is None and r["ms"] > 0 for r in rows)
     assert rows[1]["nfc"] == 4 and abs(rows[2]["nfc"] - 4) <= 0.5 and rows[1]["flops_speedup"] > 1
 
