@@ -20,11 +20,13 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import relcache
+from relcache.caching.methods import CacheMethod
 from relcache.evaluation.budgets import bench_method
 from relcache.evaluation.runner import per_sample_noise, run_method, sample_batch, warm_up
 from relcache.shipped import load_generator
@@ -47,11 +49,14 @@ def configs(results: dict, budget: int, steps: int) -> dict:
     return out
 
 
+Runner = Callable[[list[int], torch.Tensor], tuple[float, float]]  # -> (seconds, NFC)
+
+
 class Compiled:
     """One method on its own compiled copy of the model: ``(seeds, labels) -> (s, NFC)``."""
 
-    def __init__(self, config, steps: int) -> None:
-        self.model, self.steps = load_generator(), steps
+    def __init__(self, config: CacheMethod, steps: int, cfg_scale: float) -> None:
+        self.model, self.steps, self.cfg_scale = load_generator(), steps, cfg_scale
         relcache.apply(self.model, config)
         relcache.compile(self.model)
 
@@ -61,7 +66,7 @@ class Compiled:
         relcache.reset(self.model)
         start = time.perf_counter()
         with torch.no_grad():
-            sample_batch(self.model, noise, labels, steps=self.steps, cfg_scale=3.0)
+            sample_batch(self.model, noise, labels, steps=self.steps, cfg_scale=self.cfg_scale)
         return time.perf_counter() - start, relcache.stats(self.model).nfc
 
 
@@ -76,11 +81,13 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="relcache.compile every method")
     args = p.parse_args()
     results = json.loads(Path(args.results).read_text())
-    model = load_generator()
-    torch._dynamo.config.recompile_limit = 64  # one compiled forward per method's model
+    model = None if args.compile else load_generator()  # compiled: one copy per method
+    if args.compile:
+        torch._dynamo.config.recompile_limit = 64  # one compiled forward per method's model
+    else:
+        warm_up(model, 3.0)
     seeds, labels = list(range(args.images)), torch.arange(args.images) % 10
     kw = dict(steps=args.steps, cfg_scale=3.0, batch_size=args.images, progress=False)
-    warm_up(model, 3.0)
     print("| budget | method | NFC | median s | min s | vs TaylorSeer (medians) |")
     print("|---|---|---|---|---|---|")
     for budget in [int(b) for b in args.budgets.split(",")]:
@@ -101,15 +108,17 @@ def main() -> None:
             print(f"| {budget} | {label} | {nfc[name]:.2f} | {med:.2f} | {min(t):.2f} | {vs} |")
 
 
-def _runner(model, config, args, kw):
-    """``(seeds, labels) -> (seconds, NFC)`` for one method, eager or compiled (then warmed
-    up: the first generation compiles)."""
+def _runner(
+    model: torch.nn.Module | None, config: CacheMethod, args: argparse.Namespace, kw: dict
+) -> Runner:
+    """One method's runner, eager or compiled (then warmed up: the first generation
+    compiles)."""
     if args.compile:
-        run = Compiled(config, args.steps)
+        run = Compiled(config, args.steps, kw["cfg_scale"])
         run(list(range(args.images)), torch.arange(args.images) % 10)
         return run
 
-    def eager(seeds, labels):
+    def eager(seeds: list[int], labels: torch.Tensor) -> tuple[float, float]:
         gen = run_method(model, config, seeds, labels, **kw)
         return gen.seconds, gen.mean_nfc
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from hot_path import dit_setup, time_steps  # benchmarks/: the script's own directory
@@ -22,12 +23,12 @@ import relcache
 from relcache.api import _engine
 
 
-def input_shapes(model, call) -> list[tuple[int, ...]]:
+def input_shapes(model: torch.nn.Module, call: Callable[[int], object]) -> list[tuple[int, ...]]:
     """The first input's shape of every cached module of a step."""
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def seen(name: str):
-        def hook(module, args) -> None:
+    def seen(name: str) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple) -> None:
             shapes.setdefault(name, tuple(args[0].shape))
 
         return hook
@@ -47,7 +48,7 @@ def floor_ms(shapes: list[tuple[int, ...]], repeats: int) -> float:
     pairs = [(torch.randn(s), torch.randn(s)) for s in shapes]
 
     @torch.compile
-    def norms(pairs):
+    def norms(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         return [torch.linalg.vector_norm((x - y).flatten(1), dim=1) for x, y in pairs]
 
     times = []

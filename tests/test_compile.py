@@ -6,6 +6,7 @@ times inductor)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import relcache
+from relcache.api import _engine
 from relcache.sampling import generate
 from relcache.shipped.loading import random_dit
 
@@ -25,6 +27,7 @@ FIXED = {
 RCS = {
     "rfc2": relcache.RFC(order=2, threshold=0.3),
     "rfc2-batch": relcache.RFC(order=2, threshold=0.3, scope="batch"),
+    "rfc2-budget": relcache.RFC(order=2, nfc=6, steps=12),
 }
 
 
@@ -77,8 +80,8 @@ def test_fixed_schedules_compile_to_two_graphs_with_the_eager_samples(model, nam
 
 @pytest.mark.parametrize("name", list(RCS))
 def test_rcs_compiles_to_two_graphs_with_the_eager_samples_and_schedules(model, name) -> None:
-    """RCS decides in the root hook (from an eager run up to its driver): fullgraph, no break;
-    a per-row step with only some rows full runs eagerly."""
+    """RCS decides in the root hook (from an eager run up to its driver): fullgraph, no break,
+    the same samples and schedules as eager (with a threshold or a budget)."""
     config = RCS[name]
     ref, ref_stats = _eager(model, config)
     with relcache.cached(model, config):
@@ -118,9 +121,47 @@ def test_per_row_rcs_splits_its_partial_steps(model) -> None:
         relcache.compile(model, backend="eager")
         out = _drifting_rows(model)
         stats = relcache.stats(model)
+        again = _drifting_rows(model)  # a second generation: no new graph
     assert stats.schedules["call0"] == rows and stats.module_calls == ref_stats.module_calls
     assert max((a - b).abs().max().item() for a, b in zip(out, ref, strict=True)) < 1e-5
+    assert all(torch.equal(a, b) for a, b in zip(again, out, strict=True))
     assert _graphs() == 2 and not counters["graph_break"]
+
+
+def test_without_slice_batch_a_partial_step_runs_eagerly(model) -> None:
+    """Adapters that forbid sub-batches (FLUX): the whole partial step runs the eager forward,
+    bit for bit the eager path."""
+    config = relcache.RFC(order=2, threshold=0.1)
+    runs = []
+    for compiled in (False, True):
+        with relcache.cached(model, config):
+            engine = _engine(model)
+            engine.targets = dataclasses.replace(engine.targets, slice_batch=False)
+            if compiled:
+                relcache.compile(model, backend="eager")
+            runs.append(_drifting_rows(model))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    assert _graphs() == 2 and not counters["graph_break"]
+
+
+def test_a_driver_the_model_never_calls_is_named() -> None:
+    """The probe runs the whole forward without meeting the driver: a clear error."""
+
+    class TwoPaths(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    toy = TwoPaths()
+    with relcache.cached(toy, relcache.RFC(order=2, threshold=0.1), patterns=["unused"]):
+        relcache.compile(toy, backend="eager")
+        with torch.no_grad():
+            for i in range(2):  # warm-up steps: full, the probe records the driver's input
+                with relcache.at_step(toy, i), pytest.raises(RuntimeError, match="not called"):
+                    toy(torch.randn(2, 4), torch.tensor([999.0, 999.0]))
 
 
 def test_rcs_driver_that_never_runs_is_named(model) -> None:

@@ -430,7 +430,7 @@ def test_stats_give_each_rows_schedule() -> None:
 
 def test_merge_rows_replaces_batch_rows_in_any_output_structure() -> None:
     """relcache.compile's split step merges whole model outputs (tensor, tuple, dict-like)."""
-    from collections import OrderedDict
+    from collections import OrderedDict, namedtuple
 
     from relcache.caching.structure import merge_rows
 
@@ -445,3 +445,8 @@ def test_merge_rows_replaces_batch_rows_in_any_output_structure() -> None:
     assert isinstance(merged, tuple) and torch.equal(merged[0], expected) and merged[1] is shared
     out = merge_rows(OrderedDict(sample=whole), OrderedDict(sample=part), rows, 4)
     assert type(out) is OrderedDict and torch.equal(out["sample"], expected)
+    Pair = namedtuple("Pair", "sample extra")
+    out = merge_rows(Pair(whole, None), Pair(part, None), rows, 4)
+    assert type(out) is Pair and torch.equal(out.sample, expected) and out.extra is None
+    with pytest.raises(TypeError, match="slice_batch=False"):
+        merge_rows(object(), object(), rows, 4)

@@ -109,10 +109,12 @@ def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
     forward, so ``fullgraph=True`` (the default) compiles two graphs (a full step, a cached step)
     that never recompile over a trajectory or across generations; ``mode="reduce-overhead"``
     gives CUDA graphs on a GPU. RCS decides in that hook too, from its driver module's input:
-    the model's forward runs eagerly up to the driver (the embedders and the first block's
-    modulation run twice), then the step's compiled graph runs. A step where RCS sends only
-    some rows to a full step (``scope="row"`` or ``"sample"``) runs the cached graph for every
-    row and the full rows alone through the eager forward (a sub-batch). :func:`remove`
+    the model's forward runs eagerly up to the driver and is cut off there (what runs before
+    the driver, e.g. the embedders and the first block's modulation, runs twice: it must not
+    draw random numbers or count calls), then the step's compiled graph runs. A step where RCS
+    sends only some rows to a full step (``scope="row"`` or ``"sample"``) runs the cached graph
+    for every row and the full rows alone through the eager forward (a sub-batch); with
+    ``slice_batch=False`` (FLUX, HunyuanVideo) the whole step runs eagerly. :func:`remove`
     restores the uncompiled forward.
     """
     import torch

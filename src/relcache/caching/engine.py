@@ -141,8 +141,8 @@ class CacheEngine:
     # ----- attach / detach ------------------------------------------------------------------
     def attach(self, traceable: bool = False) -> None:
         """Wrap every target module's forward and hook the root call (hooks run eagerly).
-        ``traceable``: the wrappers torch.compile traces without a graph break (fixed
-        schedules; :meth:`_traced_wrapper`)."""
+        ``traceable``: the wrappers torch.compile traces without a graph break
+        (:meth:`_traced_wrapper`; relcache.compile)."""
         modules = dict(self.model.named_modules())
         self.traceable = traceable
         wrap = self._traced_wrapper if traceable else self._wrapper
@@ -172,6 +172,7 @@ class CacheEngine:
         """Forget every trajectory (called at the start of each generation)."""
         self.branches.clear()
         self.board.clear()
+        self.captured.clear()
         self.tracker.reset()
         self.active, self.peak_bytes = None, 0
 
@@ -267,13 +268,14 @@ class CacheEngine:
 
     def compiled_step(self, compiled: Callable, eager: Callable, args: tuple, kwargs: dict) -> Any:
         """relcache.compile's forward: the step's compiled graph; a step where RCS sends only
-        some rows to a full step runs as :meth:`_split_step` (rows independent, as
-        ``slice_batch`` says) or else eagerly."""
+        some rows to a full step runs as :meth:`_split_step` when the model's call has the
+        driver's rows (rows independent, as ``slice_batch`` says), or else wholly eagerly."""
         br = self.active
         if br is None or br.decision is None or br.decision.rows is None:
             return compiled(*args, **kwargs)
-        if not self.targets.slice_batch:
-            return eager(*args, **kwargs)
+        x = first_tensor(args, kwargs)
+        if not self.targets.slice_batch or x is None or x.shape[0] != br.batch:
+            return eager(*args, **kwargs)  # rows not separable at the model's call
         return self._split_step(compiled, eager, args, kwargs)
 
     def _split_step(self, compiled: Callable, eager: Callable, args: tuple, kwargs: dict) -> Any:
@@ -292,9 +294,15 @@ class CacheEngine:
             br.decision = partial
         for name in self.names:
             br.cached_calls[name] = br.cached_calls.get(name, 0) + 1
-        for name, (outs, inputs, _) in self.captured.items():
+        captured, self.captured = self.captured, {}
+        for name, (outs, inputs, _) in captured.items():
+            if inputs[0].shape[0] != rows.numel():
+                raise RuntimeError(
+                    f"module {name!r} saw {inputs[0].shape[0]} rows where the model's call had "
+                    f"{rows.numel()}: its rows are not the call's; set slice_batch=False in the "
+                    "model's adapter (relcache.compile then runs such steps eagerly)"
+                )
             br.predictor.record(name, br.history, rows, _detached(outs), _detached(inputs))
-        self.captured.clear()
         return merge_rows(predicted, computed, rows, br.batch)
 
     def _discard_failed(self) -> None:
@@ -302,6 +310,7 @@ class CacheEngine:
         automatic branch, the whole generation); the next call starts afresh."""
         name = next((k for k, v in self.branches.items() if v is self.active), None)
         self.active = None
+        self.captured.clear()
         if name is None or name.startswith("call") or name == "default":
             self._drop_branches()
             self.branches.pop("default", None)

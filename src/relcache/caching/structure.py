@@ -68,10 +68,16 @@ def merge_rows(whole: Any, part: Any, rows: Tensor, batch: int) -> Any:
             return whole
         return whole.index_copy(0, rows, part.to(whole.dtype))  # (B, ...)
     if isinstance(whole, (tuple, list)):
-        return type(whole)(merge_rows(w, p, rows, batch) for w, p in zip(whole, part, strict=True))
+        values = [merge_rows(w, p, rows, batch) for w, p in zip(whole, part, strict=True)]
+        return type(whole)(*values) if hasattr(whole, "_fields") else type(whole)(values)
     if isinstance(whole, dict):  # diffusers' BaseOutput is a dict too, built from keywords
         return type(whole)(**{k: merge_rows(v, part[k], rows, batch) for k, v in whole.items()})
-    return whole
+    if isinstance(whole, (str, bytes, int, float, bool, type(None))):
+        return whole
+    raise TypeError(
+        f"relcache cannot merge batch rows of a {type(whole).__name__} model output; return "
+        "tensors, tuples, lists or dicts, or set slice_batch=False in the model's adapter"
+    )
 
 
 def as_tensors(value: Tensor | tuple | list) -> list[Tensor]:
