@@ -126,6 +126,7 @@ class CacheEngine:
         self.root_forward: tuple | None = None  # relcache.compile: the root's own forward, if any
         self.eager_forward: Callable | None = None  # relcache.compile: the uncompiled forward
         self.probing = False  # traceable RCS: running the model up to its driver (see _probe)
+        self.probed = False  # traceable RCS: this call's driver input came from the probe
 
     def _pick_driver(self) -> str:
         if self.targets.driver is None:
@@ -187,7 +188,8 @@ class CacheEngine:
         br = self._branch(place, signature(args, kwargs))
         self._start_step(br)
         self.active = br
-        if self.traceable and br.scheduler.uses_driver and self._needs_driver(br):
+        self.probed = self.traceable and br.scheduler.uses_driver and self._needs_probe(br)
+        if self.probed:
             self._decide(br, self._probe(args, kwargs))
 
     def _branch(self, place: CallPlace, sig: tuple) -> BranchState:
@@ -243,10 +245,12 @@ class CacheEngine:
             br.predictor.prepare(br.history)
 
     @staticmethod
-    def _needs_driver(br: BranchState) -> bool:
-        """Whether the scheduler must see this step's driver input: to decide, or to record it
-        for the rows that run fully (a decision known in advance with no full row: no)."""
-        return br.decision is None or br.decision.any_full
+    def _needs_probe(br: BranchState) -> bool:
+        """Whether the scheduler must see this step's driver input before the compiled call:
+        to decide, or to record the full rows of a partial step. A decision known to be all
+        cached needs none; one known to be all full records from the captured inputs after
+        the call (:meth:`_record_captured`)."""
+        return br.decision is None or (br.decision.any_full and not br.decision.all_full)
 
     def _probe(self, args: tuple, kwargs: dict) -> list[Tensor]:
         """Traceable RCS: the driver module's inputs of this call, from an eager run of the
@@ -261,6 +265,10 @@ class CacheEngine:
             return reached.inputs
         finally:
             self.probing = False
+        self._driver_not_called()
+
+    def _driver_not_called(self) -> None:
+        self.captured.clear()
         raise RuntimeError(
             f"the RCS driver {self.driver!r} was not called by the model's forward; pass "
             "driver= a cached module the model calls at every step"
@@ -343,6 +351,10 @@ class CacheEngine:
             for name in self.names:
                 br.cached_calls[name] = br.cached_calls.get(name, 0) + 1
             return
+        if br.scheduler.uses_driver and not self.probed:  # a full step known in advance
+            if self.driver not in self.captured:
+                self._driver_not_called()
+            self._decide(br, self.captured[self.driver][1])
         for name, (outs, inputs, template) in self.captured.items():
             if not br.history.started:
                 br.history.start_rows(inputs[0].shape[0], inputs[0].device)

@@ -4,8 +4,9 @@ A scheduler is made per branch (one trajectory) and owns its state. The engine c
 :meth:`Scheduler.begin` once at the start of every step; a scheduler that needs to see the first
 cached module's input (``uses_driver``) is also called at that module, where it must decide if
 ``begin`` returned ``None``. Under ``relcache.compile`` that call is made before the compiled
-forward, from an eager run up to the driver, and only when the step's decision is unknown or
-has full rows (a decision known to be all cached skips it).
+forward, from an eager run up to the driver, when the step's decision is unknown or partial;
+after the call, from the driver's captured input, when the step is known to be all full; not
+at all when it is known to be all cached.
 """
 
 from __future__ import annotations
