@@ -621,6 +621,30 @@ def test_compiled_transformer_matches_eager() -> None:
     assert relcache.stats(model).full_steps == {"call0": fixed_schedule(STEPS, 3, 2)}
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_relcache_compile_runs_rcs_in_two_graphs(name: str) -> None:
+    """Per-row RCS through a pipeline under relcache.compile: two graphs, no graph break, the
+    eager schedules and outputs (partial steps run their full rows as a sub-batch, or wholly
+    eagerly where the adapter forbids it: rounding only)."""
+    from torch._dynamo.utils import counters
+
+    pipe, cfg = _pipe(name), relcache.RFC(order=2, threshold=0.3)
+    with relcache.cached(pipe, cfg):
+        ref, ref_stats = _run(name, pipe, batch=2), relcache.stats(pipe)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        with relcache.cached(pipe, cfg):
+            relcache.compile(pipe, backend="eager")  # fullgraph: a graph break would raise
+            out, stats = _run(name, pipe, batch=2), relcache.stats(pipe)
+        graphs = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert graphs == 2 and stats.schedules == ref_stats.schedules
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 # ----- relcache generate ----------------------------------------------------------------------
 def test_generate_command_on_a_saved_dit_pipeline(tmp_path: Path, monkeypatch) -> None:
     from relcache.commands import generate
