@@ -128,8 +128,7 @@ def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
         engine.attach(traceable=True)
     if engine.root_forward is None:  # the instance's own forward, if any: remove() restores it
         engine.root_forward = (model.__dict__.get("forward"),)
-    eager = engine.root_forward[0] or type(model).forward.__get__(model)
-    engine.eager_forward = eager
+    eager = engine.eager_forward
     compiled = torch.compile(eager, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options)
 
     def forward(*args: Any, **kwargs: Any) -> Any:

@@ -124,9 +124,14 @@ class CacheEngine:
         self.traceable = False  # wrappers torch.compile traces (relcache.compile), see below
         self.captured: dict[str, tuple] = {}  # traceable full step: outputs, inputs, template
         self.root_forward: tuple | None = None  # relcache.compile: the root's own forward, if any
-        self.eager_forward: Callable | None = None  # relcache.compile: the uncompiled forward
         self.probing = False  # traceable RCS: running the model up to its driver (see _probe)
         self.probed = False  # traceable RCS: this call's driver input came from the probe
+
+    @property
+    def eager_forward(self) -> Callable:
+        """The model's uncompiled forward (its own instance forward, if it had one)."""
+        own = self.root_forward[0] if self.root_forward else None
+        return own or type(self.model).forward.__get__(self.model)
 
     def _pick_driver(self) -> str:
         if self.targets.driver is None:
@@ -268,6 +273,7 @@ class CacheEngine:
         self._driver_not_called()
 
     def _driver_not_called(self) -> None:
+        """A compiled RCS step ended without its driver module being called."""
         self.captured.clear()
         raise RuntimeError(
             f"the RCS driver {self.driver!r} was not called by the model's forward; pass "
@@ -300,8 +306,7 @@ class CacheEngine:
             computed = eager(*sub_args, **sub_kwargs)
         finally:
             br.decision = partial
-        for name in self.names:
-            br.cached_calls[name] = br.cached_calls.get(name, 0) + 1
+        br.cached_calls.update(self.names)
         captured, self.captured = self.captured, {}
         for name, (outs, inputs, _) in captured.items():
             if inputs[0].shape[0] != rows.numel():
@@ -348,8 +353,7 @@ class CacheEngine:
         if br.decision.rows is not None:
             return
         if not br.decision.all_full:
-            for name in self.names:
-                br.cached_calls[name] = br.cached_calls.get(name, 0) + 1
+            br.cached_calls.update(self.names)
             return
         if br.scheduler.uses_driver and not self.probed:  # a full step known in advance
             if self.driver not in self.captured:
@@ -360,7 +364,7 @@ class CacheEngine:
                 br.history.start_rows(inputs[0].shape[0], inputs[0].device)
             br.templates[name] = template
             br.predictor.record(name, br.history, None, _detached(outs), _detached(inputs))
-            br.full_calls[name] = br.full_calls.get(name, 0) + 1
+            br.full_calls[name] += 1
         self.captured.clear()
 
     # ----- module routing -------------------------------------------------------------------
@@ -376,11 +380,9 @@ class CacheEngine:
             if br is None:
                 return forward(*args, **kwargs)
             inputs = as_tensors(self.targets.inputs(name, args, kwargs))
-            if self.probing:
-                if name == self.driver:
-                    raise _DriverReached(inputs)
-                self._driver_missing(name)
-            if br.decision is None:
+            if self.probing and name == self.driver:
+                raise _DriverReached(inputs)
+            if self.probing or br.decision is None:  # a cached module before the driver
                 self._driver_missing(name)
             if br.decision.rows is not None:  # RCS per row, some rows full: eagerly
                 return route(br, name, forward, inputs, args, kwargs)
@@ -414,6 +416,7 @@ class CacheEngine:
         return torch.compiler.disable(cached_forward)
 
     def _driver_missing(self, name: str) -> None:
+        """A cached module ran before RCS's driver decided the step."""
         raise RuntimeError(
             f"RCS needs its driver {self.driver!r} to run before {name!r} in each step; "
             "pass driver= the first cached module called by the model"
@@ -445,7 +448,7 @@ class CacheEngine:
             out = forward(*args, **kwargs)
             outs, br.templates[name] = flatten_output(out)
             br.predictor.record(name, br.history, None, _detached(outs), _detached(inputs))
-            br.full_calls[name] = br.full_calls.get(name, 0) + 1
+            br.full_calls[name] += 1
             if self.observer is not None:
                 self._observe(br, name, inputs, outs, None)
             return out
@@ -455,7 +458,7 @@ class CacheEngine:
                 "called at the previous full steps; cache only modules that run at every step"
             )
         pred = br.predictor.predict(name, br.history, inputs)
-        br.cached_calls[name] = br.cached_calls.get(name, 0) + 1
+        br.cached_calls[name] += 1
         if decision.rows is None:
             if self.observer is not None:
                 actual = flatten_output(forward(*args, **kwargs))[0] if self.shadow else None

@@ -39,11 +39,11 @@ class History:
         """(d, n_full) of the given rows at a full step: d = i - j, the gap to the last (§2)."""
         if self._gaps is not None and self._gaps[0] is rows:  # every module of the step asks
             return self._gaps[1]
-        gap = (self.step - self.last_full).clamp_min(1)  # (B,)
+        gap, n_full = (self.step - self.last_full).clamp_min(1), self.n_full  # (B,) each
         if rows is not None:
-            gap, n_full = gap.index_select(0, rows), self.n_full.index_select(0, rows)
-        self._gaps = rows, (gap, self.n_full if rows is None else n_full)
-        return self._gaps[1]
+            gap, n_full = gap.index_select(0, rows), n_full.index_select(0, rows)
+        self._gaps = rows, (gap, n_full)
+        return gap, n_full
 
     def schedules(self) -> list[list[int]]:
         """Each row's full steps (reads the rows back: for reports, not for the hot path)."""

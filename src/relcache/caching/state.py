@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from relcache.caching.history import History
@@ -20,8 +21,8 @@ class BranchState:
     decision: Decision | None = None  # this step's; None until the driver module decides
     batch: int = 0  # rows of the driver input (decisions are shared only between equal batches)
     templates: dict[str, tuple] = field(default_factory=dict)  # per module: output structure
-    full_calls: dict[str, int] = field(default_factory=dict)
-    cached_calls: dict[str, int] = field(default_factory=dict)
+    full_calls: Counter[str] = field(default_factory=Counter)  # per module
+    cached_calls: Counter[str] = field(default_factory=Counter)
 
     def nbytes(self) -> int:
         """Bytes held by this branch's cache state."""

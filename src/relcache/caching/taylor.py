@@ -3,9 +3,8 @@
 Factors of one feature are stored per sample, orders before features: ``factors[b, r]`` is the
 r-th finite difference of sample b, shape (B, m+1, N) with N the flattened feature size, so a full
 step writes each order contiguously and the prediction is one batched vector-matrix product that
-reads every factor once. Every batch row
-keeps its own history: rows may have had a different number of full steps (``n_full``) and a
-different latest gap.
+reads every factor once. Every batch row keeps its own history: rows may have had a different
+number of full steps (``n_full``) and a different latest gap.
 """
 
 from __future__ import annotations
