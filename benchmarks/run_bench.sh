@@ -4,7 +4,7 @@
 # thresholds are calibrated on other images (seeds 100000+). FORA, TaylorSeer m=2, the paper's
 # RFC m=2 (also with CFG-shared decisions) and relcache's recommended configuration (rfe2:clamp=1.05, chosen on seeds 10000+ and
 # 20000+: results/selection.md). The committed run: benchmarks/results/report.md.
-# Usage: benchmarks/run_bench.sh [extra relcache bench flags, e.g. --resume]
+# Usage: benchmarks/run_bench.sh [extra relcache bench flags: --resume to add missing rows, --overwrite to rerun into the filled results folder]
 #   NPROC=2 benchmarks/run_bench.sh   # shard the seeds over 2 processes (torchrun, gloo/NCCL)
 set -euo pipefail
 cd "$(dirname "$0")/.."

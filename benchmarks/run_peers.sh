@@ -5,7 +5,7 @@
 # with and without TaylorSeer) at its defaults and tuned on the calibration seeds (100000+) to the
 # recommended configuration's counted FLOPs at each budget. One process (FLOPs are counted over
 # whole runs); needs pip install -e ".[peers]". About 75 minutes on a 2-core CPU.
-# Usage: benchmarks/run_peers.sh [extra relcache bench flags, e.g. --resume]
+# Usage: benchmarks/run_peers.sh [extra relcache bench flags: --resume to add missing rows, --overwrite to rerun into the filled results folder]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

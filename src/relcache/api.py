@@ -11,6 +11,11 @@ from typing import Any
 from torch import nn
 
 from relcache.adapters import ModelAdapter, find_adapter, supported_classes
+from relcache.caching.conflicts import (
+    allow_enable_cache,
+    refuse_enable_cache,
+    refuse_foreign_caches,
+)
 from relcache.caching.engine import CacheEngine, CacheStats, Targets
 from relcache.caching.methods import CacheMethod
 
@@ -83,12 +88,19 @@ def apply(
             f"relcache is already applied to this {type(model).__name__}; call "
             "relcache.remove(model) first to change the method"
         )
+    refuse_foreign_caches(model, "relcache.apply")
     targets, adapter = _targets(model, patterns, driver)
     if adapter is not None and adapter.prepare is not None:
         adapter.prepare(model)
     engine = CacheEngine(model, config, targets)
     engine.adapter = adapter
-    engine.attach()
+    try:
+        engine.attach()
+    except ValueError:
+        if adapter is not None and adapter.restore is not None:
+            adapter.restore(model)
+        raise
+    refuse_enable_cache(model)
     setattr(model, _ENGINE_ATTR, engine)
     if model is not target:
         _hook_pipeline(target, engine)
@@ -150,6 +162,7 @@ def remove(target: Any) -> Any:
     engine.detach()
     if engine.adapter is not None and engine.adapter.restore is not None:
         engine.adapter.restore(model)
+    allow_enable_cache(model)
     delattr(model, _ENGINE_ATTR)
     if model is not target:
         _unhook_pipeline(target)
@@ -171,8 +184,16 @@ def cached(
     apply(target, config, patterns=patterns, driver=driver)
     try:
         yield target
-    finally:
-        remove(target)
+    except BaseException:
+        if is_applied(target):  # the body's error is the one to see
+            remove(target)
+        raise
+    if not is_applied(target):
+        raise RuntimeError(
+            "relcache.cached: the model was already removed inside the with block; leave the "
+            "removal to the block (or use relcache.apply / relcache.remove directly)"
+        )
+    remove(target)
 
 
 def _engine(target: Any) -> CacheEngine:
@@ -213,16 +234,34 @@ def at_step(target: Any, step: int) -> Iterator[None]:
     ``target`` may also wrap the cached model as ``.transformer``. A no-op when relcache is not
     applied.
     """
-    model = resolve_model(target)
-    engine = getattr(model, _ENGINE_ATTR, None)
-    inner = getattr(model, "transformer", None)  # a wrapper around a cached transformer
-    if engine is None and isinstance(inner, nn.Module):
-        engine = getattr(inner, _ENGINE_ATTR, None)
+    engine = _find_engine(target)
     if engine is None:
         yield
         return
     with engine.at_step(step):
         yield
+
+
+@contextlib.contextmanager
+def generation(target: Any) -> Iterator[None]:
+    """The model calls inside are one generation: the cache starts afresh when it is entered,
+    so a generation that stopped early (one step, a callback that raised) leaves nothing behind.
+    Samplers that know where a generation starts should use it. A no-op when relcache is not
+    applied."""
+    engine = _find_engine(target)
+    if engine is not None:
+        engine.reset()
+    yield
+
+
+def _find_engine(target: Any) -> CacheEngine | None:
+    """The engine of ``target`` or of the cached model it wraps as ``.transformer``, if any."""
+    model = resolve_model(target)
+    engine = getattr(model, _ENGINE_ATTR, None)
+    inner = getattr(model, "transformer", None)
+    if engine is None and isinstance(inner, nn.Module):
+        engine = getattr(inner, _ENGINE_ATTR, None)
+    return engine
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from relcache.caching import taylor
+from relcache.caching.conflicts import refuse_foreign_caches
 from relcache.caching.methods import CacheMethod
 from relcache.caching.schedulers import CACHED, FULL, Decision
 from relcache.caching.state import BranchState
@@ -67,6 +69,7 @@ class CacheStats:
     peak_cache_bytes: int
     method: str = ""
     nonfinite_errors: int = 0  # RCS: row-steps whose error was NaN/inf (forced full steps)
+    nonfinite_predictions: int = 0  # row-steps whose prediction overflowed (forced full steps)
     schedules: dict[str, list[list[int]]] = field(default_factory=dict)  # branch -> per row
 
 
@@ -81,6 +84,12 @@ def match_modules(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
             f"patterns are re.fullmatch'ed against named_modules(), e.g. {sample}"
         )
     return names
+
+
+def narrow(dtype: torch.dtype) -> bool:
+    """Whether a finite float32 prediction can overflow ``dtype`` when cast to it (float16,
+    float8; bfloat16 shares float32's exponent range)."""
+    return dtype.is_floating_point and torch.finfo(dtype).max < 1e10
 
 
 def _detached(tensors: list[Tensor]) -> list[Tensor]:
@@ -126,6 +135,11 @@ class CacheEngine:
         self.root_forward: tuple | None = None  # relcache.compile: the root's own forward, if any
         self.probing = False  # traceable RCS: running the model up to its driver (see _probe)
         self.probed = False  # traceable RCS: this call's driver input came from the probe
+        self.rerunning = False  # a step rerun for rows whose prediction overflowed
+        self.owner: threading.Thread | None = threading.current_thread()  # whose state is held
+        self._parked: dict[threading.Thread, tuple] = {}  # other threads' trajectories
+        self._guard = threading.Lock()
+        self._local = threading.local()  # the calling thread's at_step / cache_context
 
     @property
     def eager_forward(self) -> Callable:
@@ -153,9 +167,18 @@ class CacheEngine:
         self.traceable = traceable
         wrap = self._traced_wrapper if traceable else self._wrapper
         for name in self.names:
+            if getattr(modules[name].__dict__.get("forward"), "_relcache_wrapped", False):
+                raise ValueError(
+                    f"module {name!r} of this {type(self.model).__name__} is already cached by "
+                    "relcache through another model that shares it; a shared submodule can be "
+                    "cached by one model only: relcache.remove() the other model first, or give "
+                    "each model its own copy (copy.deepcopy)"
+                )
+        for name in self.names:
             mod = modules[name]
             self._originals[name] = mod.__dict__.get("forward")
             mod.forward = wrap(name, mod.forward)
+            mod.forward._relcache_wrapped = True
         begin = torch.compiler.disable(self._begin_call)
         end = torch.compiler.disable(self._end_call)
         self._handles = [
@@ -175,7 +198,12 @@ class CacheEngine:
         self._originals.clear()
 
     def reset(self) -> None:
-        """Forget every trajectory (called at the start of each generation)."""
+        """Forget the calling thread's trajectories (called at the start of each generation)."""
+        me = threading.current_thread()
+        with self._guard:
+            if self.owner is not me:  # also takes over from a step that was interrupted
+                self.active = None
+                self._switch(me)
         self.branches.clear()
         self.board.clear()
         self.captured.clear()
@@ -184,26 +212,65 @@ class CacheEngine:
 
     # ----- step bookkeeping -----------------------------------------------------------------
     def _begin_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._claim()
         if self.active is not None:  # the previous call raised (e.g. KeyboardInterrupt)
             self._discard_failed()
+        self.tracker.step, self.tracker.context = self._local_place()
         steps = {k: b.history.step for k, b in self.branches.items()}
         place = self.tracker.place(self.targets.timestep, args, kwargs, steps)
+        if place.new_generation or not self.branches:
+            refuse_foreign_caches(self.model, "relcache cannot run this generation")
         if place.new_generation:
             self._drop_branches()
         br = self._branch(place, signature(args, kwargs))
-        self._start_step(br)
+        self._start_step(br, place.step)
         self.active = br
         self.probed = self.traceable and br.scheduler.uses_driver and self._needs_probe(br)
         if self.probed:
             self._decide(br, self._probe(args, kwargs))
 
+    def _claim(self) -> None:
+        """Each thread keeps its own trajectories (a server's worker threads may take turns on
+        one model); a step started while another thread's step runs is refused."""
+        me = threading.current_thread()
+        with self._guard:
+            owner = self.owner
+            if owner is me:
+                return
+            if self.active is not None and owner is not None and owner.is_alive():
+                raise RuntimeError(
+                    f"relcache: this {type(self.model).__name__} is running a step in thread "
+                    f"{owner.name!r}; a cached model runs one step at a time. Serialise the "
+                    "calls with a lock, or give each thread its own model (copy.deepcopy and "
+                    "relcache.apply each). If that step was interrupted, call relcache.reset(model)"
+                )
+            self._switch(me)
+
+    def _switch(self, thread: threading.Thread) -> None:
+        """Put the current thread's trajectories away and take ``thread``'s (fresh if none)."""
+        if self.owner is not None and self.owner.is_alive():
+            self._parked[self.owner] = (self.branches, self.board, self.tracker, self.peak_bytes)
+        self._parked = {t: v for t, v in self._parked.items() if t.is_alive()}
+        state = self._parked.pop(thread, None) or ({}, {}, StepTracker(), 0)
+        self.branches, self.board, self.tracker, self.peak_bytes = state
+        self.active, self.owner = None, thread
+
+    def _local_place(self) -> tuple[int | None, str | None]:
+        """The calling thread's relcache.at_step step and cache_context name, if any."""
+        return getattr(self._local, "step", None), getattr(self._local, "context", None)
+
     def _branch(self, place: CallPlace, sig: tuple) -> BranchState:
         """The branch this call continues, or a fresh one (steps.py has the rules)."""
         br = None if place.restart else self.branches.get(place.branch)
         if br is not None and br.signature != sig:
-            if br.history.step > 0:
+            if br.history.calls > 0:
+                what = (
+                    "shapes"
+                    if [a[0] for a in br.signature] != [a[0] for a in sig]
+                    else ("dtypes or devices")
+                )
                 warnings.warn(
-                    f"relcache: input shapes changed mid-trajectory in branch {place.branch!r} "
+                    f"relcache: input {what} changed mid-trajectory in branch {place.branch!r} "
                     f"({br.signature} -> {sig}); starting a new trajectory. Call "
                     "relcache.reset(model) between generations to silence this.",
                     stacklevel=4,
@@ -225,13 +292,18 @@ class CacheEngine:
         for key in [k for k in self.branches if k.startswith("call")]:
             del self.branches[key]
 
-    def _start_step(self, br: BranchState) -> None:
-        if br.history.step > 0 and not br.history.started:
+    def _start_step(self, br: BranchState, step: int | None = None) -> None:
+        """Open a step of ``br``: its number (``step`` given by relcache.at_step, else the next
+        one), the scheduler's decision if it knows it before the model runs."""
+        if br.history.calls > 0 and not br.history.started:
             raise RuntimeError(
-                f"no cached module ran during the first {br.history.step} call(s) of this "
+                f"no cached module ran during the first {br.history.calls} call(s) of this "
                 "trajectory; relcache needs the matched modules to run at every step (check "
                 "patterns=)"
             )
+        if step is not None:
+            br.history.step = step
+        br.overflow = None
         step = br.history.step
         br.history.branches = sum(
             b.history.step in (step, step + 1) for b in self.branches.values()
@@ -331,20 +403,63 @@ class CacheEngine:
         else:
             del self.branches[name]
 
-    def _end_call(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+    def _end_call(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        if self.owner is not threading.current_thread():  # a call refused by _claim
+            return None
         if out is None and sys.exc_info()[0] is not None:  # forward raised: always_call hook
             self._discard_failed()
-            return
-        br, self.active = self.active, None
+            return None
+        br = self.active
         if br is None:
-            return
+            return None
         if self.traceable:
             self._record_captured(br)
+        out = self._fix_overflow(br, args, kwargs, out)
+        self.active = None
         decision = br.decision
         any_full = decision is not None and decision.any_full
         br.history.advance(None if decision is None else decision.rows, any_full)
         if any_full and br.history.started:
             self.peak_bytes = max(self.peak_bytes, sum(b.nbytes() for b in self.branches.values()))
+        return out
+
+    def _fix_overflow(self, br: BranchState, args: tuple, kwargs: dict, out: Any) -> Any:
+        """Rows whose prediction overflowed the output dtype (float16) this step run fully: the
+        step is run again for them (recorded as their full step) and their outputs replaced.
+        One host read per cached step of a float16 model; nothing otherwise."""
+        bad, br.overflow = br.overflow, None
+        if bad is None:
+            return out
+        prior = br.decision
+        if prior.rows is not None:  # rows already full this step computed their outputs
+            bad = bad.index_fill(0, prior.rows, False)
+        rows = bad.nonzero()[:, 0]  # (n,) the one host read
+        if rows.shape[0] == 0:
+            return out
+        br.nonfinite_predictions += rows.shape[0]
+        br.decision, self.rerunning, self.probed = Decision(False, rows), True, False
+        try:
+            if self.traceable and br.scheduler.uses_driver:
+                self._decide(br, self._probe(args, kwargs))  # records the driver's new rows
+            redo = self.eager_forward(*args, **kwargs)
+        finally:
+            self.rerunning = False
+        full = rows if prior.rows is None else torch.cat([prior.rows, rows]).unique()
+        br.decision = FULL if full.shape[0] == bad.shape[0] else Decision(False, full)
+        batch = bad.shape[0]
+        return merge_rows(out, take_rows(redo, rows, batch), rows, batch)
+
+    def _watch(self, br: BranchState, pred: list[Tensor]) -> None:
+        """Cached step: note the rows whose float16 prediction is not finite (no host read;
+        :meth:`_fix_overflow` reads them once at the end of the step)."""
+        if self.rerunning:
+            return
+        for p in pred:
+            if narrow(p.dtype):
+                bad = ~torch.isfinite(p).flatten(1).all(1)  # (B,)
+                rows = br.history.n_full.shape[0]
+                bad = bad if bad.shape[0] == rows else bad.any().expand(rows)
+                br.overflow = bad if br.overflow is None else br.overflow | bad
 
     def _record_captured(self, br: BranchState) -> None:
         """Traceable mode, after the call: record the full step's captured outputs (in call
@@ -392,6 +507,7 @@ class CacheEngine:
                 self.captured[name] = (outs, inputs, template)  # recorded after the call
                 return out
             pred = br.predictor.predict(name, br.history, inputs)
+            self._watch(br, pred)
             return rebuild_output(pred, br.templates[name])
 
         route = torch.compiler.disable(self._route)
@@ -459,6 +575,7 @@ class CacheEngine:
             )
         pred = br.predictor.predict(name, br.history, inputs)
         br.cached_calls[name] += 1
+        self._watch(br, pred)
         if decision.rows is None:
             if self.observer is not None:
                 actual = flatten_output(forward(*args, **kwargs))[0] if self.shadow else None
@@ -542,24 +659,27 @@ class CacheEngine:
             nonfinite_errors=sum(
                 b.scheduler.report().get("nonfinite_errors", 0) for b in self.branches.values()
             ),
+            nonfinite_predictions=sum(b.nonfinite_predictions for b in self.branches.values()),
         )
 
     @contextlib.contextmanager
     def branch(self, name: str) -> Iterator[None]:
         """Route the calls inside to the named branch (e.g. "cond" / "uncond")."""
-        previous, self.tracker.context = self.tracker.context, name
+        previous = getattr(self._local, "context", None)
+        self._local.context = name
         try:
             yield
         finally:
-            self.tracker.context = previous
+            self._local.context = previous
 
     @contextlib.contextmanager
     def at_step(self, step: int) -> Iterator[None]:
         """The calls inside are denoising step ``step`` (no timestep is read)."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"the step must be an integer >= 0, got {step!r}")
-        previous, self.tracker.step = self.tracker.step, step
+        previous = getattr(self._local, "step", None)
+        self._local.step = step
         try:
             yield
         finally:
-            self.tracker.step = previous
+            self._local.step = previous

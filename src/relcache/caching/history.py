@@ -15,7 +15,8 @@ from relcache.caching import taylor
 class History:
     """One branch's trajectory so far; ``n_full`` / ``last_full`` are per batch row."""
 
-    step: int = 0
+    step: int = 0  # this step's number (relcache.at_step's, else the count of calls)
+    calls: int = 0  # root calls of this trajectory so far
     n_full: Tensor | None = None  # (B,) full steps seen per row
     last_full: Tensor | None = None  # (B,) step index of each row's last full step
     full_steps: list[int] = field(default_factory=list)  # steps where any row ran fully
@@ -83,5 +84,6 @@ class History:
             self.row_steps.append((self.step, rows))
             self._scale.clear()
         self.step += 1
+        self.calls += 1
         self._coeff.clear()
         self._gaps = None

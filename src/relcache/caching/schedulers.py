@@ -209,10 +209,11 @@ class RCSSchedule(Scheduler):
         return torch.zeros_like(acc) if rows is None else acc.index_fill(0, rows, 0.0)
 
     def _decide(self, history: History, x: Tensor) -> Decision:
-        """A = A + ||I0 - I0_hat||_1 / ||I0||_1; rows with A > tau (or A not finite) run fully."""
+        """A = A + ||I0 - I0_hat||_1 / ||I0||_1; rows with A > tau (or A not finite) run fully.
+        The error is taken in float32 (float64 for a float64 model) whatever the model's dtype."""
         coeff = history.coefficients(self.order)  # (B, m+1) fp64, shared with RFE's plan
         predicted = taylor.combine(self.factors, coeff)  # (B, N)
-        flat = x.reshape(x.shape[0], -1)  # (B, N)
+        flat = x.reshape(x.shape[0], -1).to(predicted.dtype)  # (B, N) fp32+, as the factors
         num = torch.cdist(flat[:, None], predicted[:, None], p=1)[:, 0, 0]  # (B,) one kernel
         den = torch.linalg.vector_norm(flat, ord=1, dim=1)  # (B,)
         if self.scope == "row":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from torch import Tensor
+
 from relcache.caching.history import History
 from relcache.caching.predictors import Predictor
 from relcache.caching.schedulers import Decision, Scheduler
@@ -23,6 +25,8 @@ class BranchState:
     templates: dict[str, tuple] = field(default_factory=dict)  # per module: output structure
     full_calls: Counter[str] = field(default_factory=Counter)  # per module
     cached_calls: Counter[str] = field(default_factory=Counter)
+    overflow: Tensor | None = None  # (B,) this step's rows whose float16 prediction overflowed
+    nonfinite_predictions: int = 0  # row-steps forced full because their prediction overflowed
 
     def nbytes(self) -> int:
         """Bytes held by this branch's cache state."""

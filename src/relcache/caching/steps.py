@@ -15,7 +15,9 @@
    the trajectory (timesteps counting down for DDPM/DDIM, up for some flow-matching samplers) is
    set by its first two distinct readings; a reading that moves against it starts a new
    generation. More than ``MAX_BRANCHES`` identical readings in a row also start one (with a
-   warning): back-to-back one-step generations cannot be told from CFG branches.
+   warning). At the trajectory's first step a repeated reading is another branch only if the
+   call's first tensor (the latents) equals the first call's: otherwise the previous generation
+   stopped after its first step and this call starts a new one.
 4. **No timestep** (none of the above can be read): every call is the next step of branch
    ``default``; a warning (once) says to call ``relcache.reset(model)`` between generations or to
    pass the step with ``relcache.at_step``.
@@ -29,7 +31,10 @@ import numbers
 import warnings
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
+
+from relcache.caching.structure import first_tensor
 
 MAX_BRANCHES = 8  # automatic branches per step (CFG needs 2; a few more for guidance variants)
 TIMESTEP_KEYS = ("timestep", "timesteps", "t", "sigma", "sigmas")
@@ -105,12 +110,14 @@ class StepTracker:
         self.clocks: dict[str, Clock] = {}  # named branches' own clocks
         self.repeats = 0
         self.explicit_last: int | None = None
+        self.origin: Tensor | None = None  # the generation's first call's first tensor (a copy)
+        self.origin_step: int | None = None  # the generation's first explicit step
         self._warned: set[str] = set()
 
     def place(self, reading_fn, args: tuple, kwargs: dict, steps: dict[str, int]) -> CallPlace:
         """Classify one root call; ``steps`` holds each existing branch's next step."""
         if self.step is not None:
-            return self._explicit(self.step, steps)
+            return self._explicit(self.step, steps, args, kwargs)
         reading = reading_fn(args, kwargs)
         if self.context is not None:
             clock = self.clocks.setdefault(self.context, Clock())
@@ -127,9 +134,16 @@ class StepTracker:
                 "in `with relcache.at_step(model, i):`",
             )
             return CallPlace("default")
-        return self._from_reading(reading)
+        return self._from_reading(reading, args, kwargs)
 
-    def _from_reading(self, reading: Reading) -> CallPlace:
+    def _from_reading(self, reading: Reading, args: tuple, kwargs: dict) -> CallPlace:
+        first = self.clock.last is None
+        if reading == self.clock.last and self.clock.direction == 0:  # the first step again
+            if not self._same_origin(args, kwargs):
+                self.clock, self.repeats = Clock(), 0
+                self.clock.advance(reading)
+                self._keep_origin(args, kwargs)
+                return CallPlace("call0", new_generation=True)
         if reading == self.clock.last:
             self.repeats += 1
             if self.repeats < MAX_BRANCHES:
@@ -141,23 +155,48 @@ class StepTracker:
                 "relcache.cache_context, and between generations call relcache.reset(model)",
             )
             self.repeats = 0
+            self._keep_origin(args, kwargs)
             return CallPlace("call0", new_generation=True)
         back = self.clock.went_back(reading)
         if back:
             self.clock = Clock()
+        if back or first:
+            self._keep_origin(args, kwargs)
         self.clock.advance(reading)
         self.repeats = 0
         return CallPlace("call0", new_generation=back)
 
-    def _explicit(self, step: int, steps: dict[str, int]) -> CallPlace:
+    def _explicit(self, step: int, steps: dict[str, int], args: tuple, kwargs: dict) -> CallPlace:
         if self.context is not None:
             current = steps.get(self.context)
             return CallPlace(self.context, restart=_went_back(step, current), step=step)
-        self.repeats = self.repeats + 1 if step == self.explicit_last else 0
+        again = step == self.explicit_last
+        if again and steps.get("call0") == step + 1 and self.origin_step == step:
+            again = self._same_origin(args, kwargs)  # else: the last generation had one step
+        self.repeats = self.repeats + 1 if again else 0
         self.explicit_last = step
         name = f"call{self.repeats}"
-        new = self.repeats == 0 and _went_back(step, steps.get("call0"))
+        current = steps.get("call0")
+        new = self.repeats == 0 and _went_back(step, current)
+        if self.repeats == 0 and (new or current is None):
+            self._keep_origin(args, kwargs)
+            self.origin_step = step
         return CallPlace(name, new_generation=new, step=step)
+
+    def _keep_origin(self, args: tuple, kwargs: dict) -> None:
+        """Remember the generation's first latents (a copy: samplers update them in place)."""
+        x = first_tensor(args, kwargs)
+        self.origin = None if x is None or x.is_meta else x.detach().clone()
+
+    def _same_origin(self, args: tuple, kwargs: dict) -> bool:
+        """Whether this call's first tensor equals the generation's first call's (a branch of
+        the first step) or not (a new generation); True when it cannot tell."""
+        x = first_tensor(args, kwargs)
+        if self.origin is None or x is None or x.is_meta:
+            return True
+        if x.shape != self.origin.shape or x.dtype != self.origin.dtype:
+            return False
+        return bool(torch.equal(x.detach(), self.origin.to(x.device)))  # one host read
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -40,8 +40,12 @@ def rebuild_output(tensors: list[Tensor], template: tuple) -> Any:
 
 
 def signature(args: tuple, kwargs: dict) -> tuple:
-    """Shapes of every tensor argument: a change means a new trajectory."""
-    return tuple(tuple(v.shape) for v in (*args, *kwargs.values()) if isinstance(v, Tensor))
+    """Shape, dtype and device of every tensor argument: a change means a new trajectory."""
+    return tuple(
+        (tuple(v.shape), v.dtype, v.device.type)
+        for v in (*args, *kwargs.values())
+        if isinstance(v, Tensor)
+    )
 
 
 def take_rows(value: Any, rows: Tensor, batch: int, taken: dict[int, Tensor] | None = None) -> Any:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relcache.evaluation.settings import BenchSettings
 
 DESCRIPTION = """\
 Runs full compute and each caching method at each NFC budget on the same seeds (image i: seed+i,
@@ -15,6 +20,8 @@ Methods are names of the method registry (relcache.METHODS) with an optional tra
 (taylorseer1 = TaylorSeer m=1). Fixed-schedule methods (fora, taylorseer, rfe) take the interval
 whose NFC is closest to the budget; RCS methods (rfc, rcs) take the threshold calibrated on the
 first --calibration-samples samples. The full-compute reference is cached in --cache-dir.
+A --out that already holds a bench is refused: --resume continues it (same model and settings),
+--overwrite replaces it.
 
   relcache bench --samples 1000 --out bench_out
   torchrun --nproc-per-node 2 -m relcache bench --samples 1000 --out bench_out
@@ -24,20 +31,29 @@ first --calibration-samples samples. The full-compute reference is cached in --c
 
 
 def _overrides(text: str) -> dict[str, int | float | str]:
+    """``depth=2,hidden_size=64`` -> {"depth": 2, "hidden_size": 64}: numbers where they parse."""
     out: dict[str, int | float | str] = {}
     for item in filter(None, (v.strip() for v in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep:
             raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs, got {item!r}")
-        for cast in (int, float):
-            try:
-                out[key.strip()] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key.strip()] = value
+        if key.strip() in out:
+            raise argparse.ArgumentTypeError(f"{key.strip()} is given twice; keep one")
+        out[key.strip()] = _override_value(key.strip(), value.strip())
     return out
+
+
+def _override_value(key: str, value: str) -> int | float | str:
+    """An int, a finite float, or the text itself."""
+    for cast in (int, float):
+        try:
+            number = cast(value)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"{key}={value}: expected a finite number")
+        return number
+    return value
 
 
 def _registered_peers() -> list[str]:
@@ -182,7 +198,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted bench in --out: runs already in results.json are skipped",
+        help="continue an interrupted bench in --out: runs already in results.json are skipped "
+        "(it must come from the same model and settings)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the bench already in --out (without it, a filled --out is refused)",
     )
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -201,9 +223,10 @@ def _model_args(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def _check_paths_and_device(args: argparse.Namespace) -> None:
+def _check_paths_and_device(args: argparse.Namespace, settings: BenchSettings) -> None:
     """Everything the settings do not check, before any model is loaded."""
     from relcache.commands.common import check_at_least, check_device, check_out_dir
+    from relcache.evaluation.resume import check_out
 
     check_at_least("--threads", args.threads, 1, "e.g. the number of physical cores")
     check_at_least("--init-seed", args.init_seed, 0, "the default is 0")
@@ -212,6 +235,7 @@ def _check_paths_and_device(args: argparse.Namespace) -> None:
     if args.preset_overrides and args.preset is None:
         raise ValueError("--preset-overrides needs --preset NAME (e.g. --preset DiT-FM)")
     check_out_dir(args.out)
+    check_out(settings)  # a filled --out needs --resume (same settings) or --overwrite
     if not args.no_cache:
         check_out_dir(args.cache_dir, "--cache-dir")
     if args.checkpoint is not None and not args.checkpoint.is_file():
@@ -250,10 +274,11 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         cache_dir=None if args.no_cache else args.cache_dir,
         resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
         model_args=_model_args(args),
     )
-    _check_paths_and_device(args)
+    _check_paths_and_device(args, settings)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from relcache.caching.methods import KNOBS, METHODS, CacheMethod, parse_method
+from relcache.caching.methods.registry import merge_knobs
 
 T = TypeVar("T")
 
@@ -32,7 +34,9 @@ name_list = parse_list(str.lower, "names")
 
 
 def check_at_least(flag: str, value: int | float | None, minimum: int, hint: str) -> None:
-    """``value`` (when given) must be >= ``minimum``; the message says what to pass."""
+    """``value`` (when given) must be finite and >= ``minimum``; the message says what to pass."""
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{flag} must be a finite number >= {minimum}, got {value}; {hint}")
     if value is not None and value < minimum:
         raise ValueError(f"{flag} must be >= {minimum}, got {value:g}; {hint}")
 
@@ -47,11 +51,22 @@ def check_out_dir(path: str | os.PathLike[str], flag: str = "--out") -> None:
         )
     parent = path
     while not parent.exists():
+        check_not_dangling(parent, path, flag)
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"{flag} {path} cannot be created: {parent} is a file; pass a folder path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: {parent} is not writable; pass a folder you can write")
+
+
+def check_not_dangling(link: Path, path: Path, flag: str) -> None:
+    """``link`` (``path`` or a folder above it that does not exist) must not be a symlink to
+    nothing: creating the folder would fail there, after all the work."""
+    if link.is_symlink():
+        raise ValueError(
+            f"{flag} {path}: {link} is a symlink to {os.readlink(link)}, which does not exist; "
+            "create its target folder, remove the link, or pass another folder"
+        )
 
 
 def check_device(text: str) -> str:
@@ -102,6 +117,7 @@ def add_method_args(parser: argparse.ArgumentParser, default: str = "taylorseer"
             "--" + knob.name.replace("_", "-"),
             type=kind,
             default=None,
+            choices=knob.choices or None,
             help=f"{knob.help} ({', '.join(users)})",
         )
     g.add_argument(
@@ -116,9 +132,13 @@ def add_method_args(parser: argparse.ArgumentParser, default: str = "taylorseer"
 def method_from_args(args: argparse.Namespace, steps: int) -> CacheMethod | None:
     """The config the flags describe (None for --method none); unused flags are errors."""
     given = {k.name: getattr(args, k.name) for k in CLI_KNOBS if getattr(args, k.name) is not None}
+    for key, value in [*given.items(), ("nfc", args.nfc)]:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
     if args.method == "none":
         if given or args.nfc is not None:
-            flags = [f"--{k.replace('_', '-')}" for k in given] + (["--nfc"] if args.nfc else [])
+            flags = [f"--{k.replace('_', '-')}" for k in given]
+            flags += ["--nfc"] if args.nfc is not None else []
             raise ValueError(f"--method none runs every step; drop {', '.join(flags)}")
         return None
     entry, implied = parse_method(args.method)
@@ -128,7 +148,7 @@ def method_from_args(args: argparse.Namespace, steps: int) -> CacheMethod | None
             f"--method {args.method} does not use --{', --'.join(unused)}; its knobs are "
             f"--{', --'.join(k.replace('_', '-') for k in entry.knobs)}"
         )
-    values = {**implied, **given}
+    values = merge_knobs(args.method, implied, given)
     if args.nfc is None or (entry.adaptive and "threshold" in given):
         return entry.make(**values)
     if entry.adaptive and "nfc" not in entry.knobs:

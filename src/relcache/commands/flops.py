@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     check_at_least("--steps", args.steps, 1, "the default is 50")
     check_at_least("--batch", args.batch, 1, "2 is one image with CFG")
     check_at_least("--input-size", args.input_size, 1, "the latent size, e.g. 32 for 256px")
-    entry = None if args.method == "none" else parse_method(args.method)[0]
-    if entry is not None and entry.adaptive and args.nfc is None and args.threshold is None:
+    entry, implied = (None, {}) if args.method == "none" else parse_method(args.method)
+    threshold = args.threshold if args.threshold is not None else implied.get("threshold")
+    if entry is not None and entry.adaptive and args.nfc is None and threshold is None:
         raise ValueError(
             f"--method {args.method} decides its full steps from the data: pass the budget with "
             "--nfc N"

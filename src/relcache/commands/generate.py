@@ -68,6 +68,7 @@ def check_args(args: argparse.Namespace) -> CacheMethod | None:
     check_at_least("--height", args.height, 1, "or drop it for the pipeline's default")
     check_at_least("--width", args.width, 1, "or drop it for the pipeline's default")
     check_at_least("--seed", args.seed, 0, "the default is 0")
+    check_at_least("--guidance-scale", args.guidance_scale, 0, "or drop it for the default")
     if args.prompt is not None and args.class_label:
         raise ValueError("pass --prompt (text-to-image) or --class-label (DiT), not both")
     if args.prompt is None and not args.class_label:
@@ -80,8 +81,12 @@ def check_args(args: argparse.Namespace) -> CacheMethod | None:
 def build_method(args: argparse.Namespace) -> CacheMethod | None:
     """The caching config the arguments ask for (None for ``--method none``)."""
     check_at_least("--steps", args.steps, 1, "the default is 50")
-    config = method_from_args(args, args.steps)
-    return config
+    if args.threshold is not None and args.nfc is not None:
+        raise ValueError(
+            "--threshold and --nfc both decide the full steps: pass --threshold (the paper's "
+            "RCS) or --nfc (an exact budget), not both"
+        )
+    return method_from_args(args, args.steps)
 
 
 def pipeline_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:

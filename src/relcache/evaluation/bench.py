@@ -9,14 +9,12 @@ and the diagnosis (``analysis.py``; each under its own key, computed when missin
 
 from __future__ import annotations
 
-import json
-
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from relcache.caching.methods import CacheMethod
-from relcache.evaluation import analysis
+from relcache.evaluation import analysis, resume
 from relcache.evaluation import distributed as dist
 from relcache.evaluation.budgets import (
     TAU_RANGE,
@@ -31,6 +29,7 @@ from relcache.evaluation.peers import calibrated, run_peer, tune_peer
 from relcache.evaluation.quality import Quality
 from relcache.evaluation.reference import reference
 from relcache.evaluation.report import grid_path, write_report
+from relcache.evaluation.resume import RESULTS
 from relcache.evaluation.rows import RowBuilder, json_safe, to_json
 from relcache.evaluation.runner import (
     Generation,
@@ -42,8 +41,6 @@ from relcache.evaluation.runner import (
 )
 from relcache.evaluation.settings import BenchSettings
 from relcache.peers import get_peer
-
-RESULTS = "results.json"
 
 
 class Bench:
@@ -65,18 +62,26 @@ class Bench:
 
     # ----- results.json -----
     def _load_results(self) -> dict:
-        """The results so far: fresh, or (``resume``) the file's, when its settings match."""
-        path = self.s.out / RESULTS
-        fresh = {"settings": self.s.result_key(), "runs": {}, "analysis": None}
-        if not self.s.resume or not path.exists():
-            return fresh
-        old = json.loads(path.read_text())
-        if old.get("settings") != self.s.result_key():
-            raise ValueError(
-                f"{path} was written with other settings ({old.get('settings')}); rerun with the "
-                "same --steps/--cfg-scale/--samples/--seed/--batch-size/--calibration-samples, "
-                "or use a new --out (or drop --resume to start over)"
-            )
+        """The results so far: fresh, or (``resume``) the file's, when it was made with these
+        settings and this model (``resume.py``); a filled ``out`` needs resume or overwrite."""
+        s, key = self.s, resume.results_key(self.s, self.model)
+        record = resume.model_record(s, self.model)
+        fresh = {"settings": key, "model": record, "runs": {}, "analysis": None}
+        old = resume.check_out(s)
+        if old is None:
+            return {**fresh, "derived": s.derived_key()}
+        resume.check_key(s.out / RESULTS, old, key, record)
+        return self._drop_stale_sections(old)
+
+    def _drop_stale_sections(self, old: dict) -> dict:
+        """Forget the analyses / peer rows of a resumed bench whose settings changed (they are
+        recomputed when missing) and record this run's."""
+        stored, now = old.get("derived") or {}, self.s.derived_key()
+        if now["analysis"] is not None and stored.get("analysis") != now["analysis"]:
+            old["analysis"] = None
+        if now["peers"] is not None and stored.get("peers") != now["peers"]:
+            old.pop("peers", None)
+        old["derived"] = {k: v if v is not None else stored.get(k) for k, v in now.items()}
         return old
 
     def save_results(self) -> None:
@@ -153,7 +158,8 @@ class Bench:
         if same is not None:  # two budgets map to one interval: reuse, don't recompute
             row = {**self.results["runs"][same], "budget": budget}
             if self.main and grid_path(self.s.out, same).exists():
-                self._save_grid_images(run_id, torch.load(grid_path(self.s.out, same)))
+                same_images = torch.load(grid_path(self.s.out, same), weights_only=True)
+                self._save_grid_images(run_id, same_images)
         else:
             row = {**self._measure(name, budget, config), **extra}
         self.results["runs"][run_id] = json_safe(row)  # as results.json holds it (inf -> None)

@@ -68,6 +68,11 @@ class BenchMethod:
 def bench_method(name: str) -> BenchMethod:
     """The bench method ``name`` (registry name, optional trailing order; ValueError lists all)."""
     entry, knobs = parse_method(name)
+    if "warmup" in knobs:
+        raise ValueError(
+            f"bench method {name!r} sets warmup, but every bench method uses warmup={WARMUP} "
+            "(the budgets are matched over the same warmup); drop warmup="
+        )
     return BenchMethod(name, entry, {**knobs, "warmup": WARMUP})
 
 

@@ -20,6 +20,7 @@ from relcache.evaluation.budgets import bench_method, config_for_budget
 from relcache.evaluation.plots import save_grid
 from relcache.evaluation.rows import RowBuilder, to_json
 from relcache.evaluation.runner import Generation, run_method, sample_set, sampling_kwargs
+from relcache.evaluation.settings import check_finite
 
 # bench name -> demo name: the baselines, the paper's RFC and relcache's recommended configuration
 DEMO_METHODS = {
@@ -58,6 +59,9 @@ class DemoSettings:
             )
         if self.samples < 2:
             raise ValueError(f"--samples must be >= 2 (FD needs a spread), got {self.samples}")
+        check_finite("--cfg-scale", self.cfg_scale, 0, "1 is no guidance, the default is 3")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}; the default is 0")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}; the default is 64")
         if self.calibration_samples < 1:

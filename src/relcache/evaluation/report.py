@@ -214,7 +214,7 @@ def _write_grid(results: dict, s: BenchSettings, budget: int) -> Path:
     """The image grid of one budget: full compute, then each method, same seeds per column."""
     ids = ["full"] + [f"{m}@{budget}" for m in s.methods]
     ids = [i for i in ids if grid_path(s.out, i).exists() and i in results["runs"]]
-    images = [torch.load(grid_path(s.out, i)) for i in ids]
+    images = [torch.load(grid_path(s.out, i), weights_only=True) for i in ids]
     names = [results["runs"][i]["label"] for i in ids]
     return plots.save_grid(images, names, s.out / f"grid_nfc{budget}.png", s.grid_columns)
 

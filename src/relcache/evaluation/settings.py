@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,13 @@ from relcache.evaluation.runner import sampling_kwargs
 def _check_int(flag: str, value: int, minimum: int, hint: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}; {hint}")
+
+
+def check_finite(flag: str, value: float, minimum: float, hint: str) -> None:
+    """``value`` must be a finite number >= ``minimum``; the message says what to pass."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{flag} must be a finite number >= {minimum:g}, got {value!r}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class BenchSettings:
     out: Path = field(default_factory=lambda: Path("relcache_bench"))
     cache_dir: Path | None = field(default_factory=lambda: Path.home() / ".cache" / "relcache")
     resume: bool = False
+    overwrite: bool = False  # replace the results.json of an earlier bench in ``out``
     progress: bool = True
     peers: tuple[str, ...] = ()  # other libraries' caches (relcache.peers), on the diffusers DiT
     peer_match: str | None = None  # the method whose measured FLOPs the peers are tuned to
@@ -53,6 +62,13 @@ class BenchSettings:
         object.__setattr__(self, "budgets", tuple(self.budgets))
         object.__setattr__(self, "peers", tuple(self.peers))
         _check_int("--steps", self.steps, WARMUP + 1, f"RFC needs {WARMUP} warmup steps")
+        check_finite("--cfg-scale", self.cfg_scale, 0, "1 is no guidance, the default is 3")
+        _check_int("--seed", self.seed, 0, "the default is 0")
+        _check_int("--calibration-seed", self.calibration_seed, 0, "the default is 100000")
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "--resume continues the bench in --out, --overwrite replaces it: pass one"
+            )
         _check_int("--samples", self.samples, 2, "FD needs at least 2 images per method")
         _check_int("--batch-size", self.batch_size, 1, "use 64 on a CPU")
         _check_int("--calibration-samples", self.calibration_samples, 1, "the default is 32")
@@ -93,6 +109,11 @@ class BenchSettings:
     def _check_peers(self) -> None:
         """Registered peer names; the method they are matched to is benched."""
         if not self.peers:
+            if self.peer_match is not None:
+                raise ValueError(
+                    f"--peer-match {self.peer_match} picks the method the --peers are tuned to, "
+                    "but no --peers are given; add --peers NAMES (or all), or drop --peer-match"
+                )
             return
         from relcache.peers import get_peer
 
@@ -126,6 +147,15 @@ class BenchSettings:
     def result_key(self) -> dict:
         """The settings a finished run's numbers depend on (compared on ``resume``)."""
         return {k: getattr(self, k) for k in self.RESULT_FIELDS}
+
+    def derived_key(self) -> dict:
+        """The settings of the analyses and peer rows beyond ``result_key`` (a resumed bench
+        recomputes a section whose settings changed)."""
+        analysis = None
+        if self.analysis:
+            analysis = {"samples": self.analysis_samples, "budget": self.fig_budget,
+                        "window_samples": self.window_count}  # fmt: skip
+        return {"analysis": analysis, "peers": self.match_method if self.peers else None}
 
     def run_kwargs(self) -> dict:
         """Keyword arguments of ``run_method`` / ``run_sharded`` for a run over the sample set."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from relcache.api import at_step
+from relcache.api import at_step, generation
 
 __all__ = [
     "DDIMSchedule",
@@ -312,12 +312,14 @@ def denoise(
         noise = torch.cat([noise, noise], dim=0)  # (2N, C, H, W): cond rows, then null rows
     else:
         model_fn = conditional_model_fn(model, y)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else noise.dtype
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), generation(model):  # a cache starts afresh with each generation
             x = ddim_sample(
-                lambda x, t: model_fn(x, t).float(),
+                lambda x, t: model_fn(x.to(dtype), t).float(),  # latents stay float32
                 noise,
                 ddim_schedule(steps),
                 eta=eta,

@@ -3,12 +3,13 @@ Python API, ``relcache demo / bench / generate / flops``)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from relcache.caching.methods.base import CacheMethod
-from relcache.caching.schedulers import interval_for_nfc
+from relcache.caching.schedulers import SCOPES, interval_for_nfc
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Knob:
     name: str
     type: type
     help: str
+    choices: tuple[str, ...] = ()  # the allowed values of a str knob (empty: any)
 
 
 KNOBS: dict[str, Knob] = {
@@ -40,8 +42,10 @@ KNOBS: dict[str, Knob] = {
         Knob(
             "scope",
             str,
-            "who decides together under RCS: row (each batch row, the paper) or batch (all rows "
-            "of a call: a full step when any row's accumulated error crosses tau)",
+            "who decides together under RCS: row (each batch row, the paper), sample (the CFG "
+            "branches of a sample) or batch (all rows of a call: a full step when any row's "
+            "accumulated error crosses tau)",
+            SCOPES,
         ),
     )
 }
@@ -73,6 +77,8 @@ class MethodEntry:
                 f"{self.name} does not take {', '.join(unknown)}; its knobs are "
                 f"{', '.join(self.knobs)}"
             )
+        for key, value in values.items():
+            _check_finite(key, value, self.name)
         return self.build(**{k: v for k, v in values.items() if v is not None})
 
     def example(self, **values: object) -> CacheMethod:
@@ -113,11 +119,10 @@ class MethodEntry:
                 "full_steps is already the whole schedule; drop it to meet an NFC budget, or "
                 "drop the budget"
             )
-        if not self.adaptive:
-            example = self.example(**values)
-            n = interval_for_nfc(target, steps, example.warmup, example.first)  # type: ignore
-            return self.make(**values, interval=n), {"interval": n}
         budget_mode = "nfc" in self.knobs and (calibrate is None or "threshold" not in self.knobs)
+        self._check_budget_knobs(values, budget_mode)
+        if not self.adaptive:
+            return self._fixed_for_nfc(target, steps, values)
         if budget_mode:
             nfc = round(target)
             return self.make(**values, nfc=nfc, steps=steps), {"nfc": nfc}
@@ -129,6 +134,36 @@ class MethodEntry:
             )
         tau, info = calibrate(lambda t: self.make(**values, threshold=t), target)
         return self.make(**values, threshold=tau), {"threshold": tau, **info}
+
+    def _check_budget_knobs(self, values: dict[str, object], budget_mode: bool) -> None:
+        """Refuse knobs that a budget would set itself (two answers to one question)."""
+        if not self.adaptive:
+            own = ("interval",)
+        else:
+            own = ("nfc", "steps") if budget_mode else ("threshold",)
+        given = [k for k in own if values.get(k) is not None]
+        if given:
+            raise ValueError(
+                f"{self.name}: an NFC budget sets {', '.join(given)} itself; drop "
+                f"{', '.join(f'{k}=' for k in given)} or the budget"
+            )
+
+    def _fixed_for_nfc(
+        self, target: float, steps: int, values: dict[str, object]
+    ) -> tuple[CacheMethod, dict]:
+        """A fixed schedule's interval for ``target``; a target below its fewest full steps
+        (an interval of ``steps``: the warmup only) is refused."""
+        example = self.example(**values)
+        fewest = len(self.make(**values, interval=steps).schedule(steps) or ())
+        if target < fewest:
+            why = f"warmup={example.warmup}"  # type: ignore[attr-defined]
+            why += "" if example.first is None else f", first={example.first}"  # type: ignore
+            raise ValueError(
+                f"{self.name} cannot run NFC {target:g} at {steps} steps: its fixed schedule "
+                f"has at least {fewest} full steps ({why}); pass NFC >= {fewest}"
+            )
+        n = interval_for_nfc(target, steps, example.warmup, example.first)  # type: ignore
+        return self.make(**values, interval=n), {"interval": n}
 
 
 METHODS: dict[str, MethodEntry] = {}
@@ -172,21 +207,44 @@ def parse_method(spec: str) -> tuple[MethodEntry, dict[str, object]]:
                 f"{spec!r}: expected name:knob=value with a knob of {name} "
                 f"({', '.join(entry.knobs)}), got {item!r}"
             )
+        if key in values:
+            was = f"the trailing {digits}" if key == "order" and digits else f"{key}={values[key]}"
+            raise ValueError(f"{spec!r} sets {key} twice ({was} and {item}); keep one")
         values[key] = _knob_value(KNOBS[key], text, spec)
     return entry, values
+
+
+def merge_knobs(spec: str, implied: dict[str, object], given: dict[str, object]) -> dict:
+    """The spec's knob values and the ones given beside it (keywords, flags); a knob set by
+    both is refused, not silently overridden."""
+    both = [k for k in given if k in implied and given[k] is not None]
+    if both:
+        raise ValueError(
+            f"{spec!r} already sets {', '.join(f'{k}={implied[k]}' for k in both)}; set "
+            f"{', '.join(both)} in the method name or beside it, not both"
+        )
+    return {**implied, **given}
+
+
+def _check_finite(key: str, value: object, method: str) -> None:
+    """A float knob must be a finite number (nan and inf pass most range checks)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{method}: {key} must be a finite number, got {value}")
 
 
 def _knob_value(knob: Knob, text: str, spec: str) -> object:
     """A knob's value from its text in a method spec."""
     try:
-        if knob.type is tuple:
-            return tuple(int(v) for v in text.split("/"))
-        return knob.type(text)
+        value = tuple(int(v) for v in text.split("/")) if knob.type is tuple else knob.type(text)
     except ValueError as err:
         raise ValueError(f"{spec!r}: {knob.name} must be a {knob.type.__name__}") from err
+    if knob.choices and value not in knob.choices:
+        raise ValueError(f"{spec!r}: {knob.name} must be one of {', '.join(knob.choices)}")
+    _check_finite(knob.name, value, repr(spec))
+    return value
 
 
 def build_method(spec: str, **values: object) -> CacheMethod:
     """``build_method("rfc2", threshold=0.1)``: a config from a method name and knobs."""
     entry, implied = parse_method(spec)
-    return entry.make(**{**implied, **values})
+    return entry.make(**merge_knobs(spec, implied, values))

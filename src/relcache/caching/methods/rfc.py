@@ -91,7 +91,8 @@ class RFC(CacheMethod):
         if self.scope not in SCOPES:
             raise ValueError(
                 f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}: 'row' decides "
-                "per batch row (the paper), 'batch' all rows of a call together"
+                "per batch row (the paper), 'sample' the CFG branches of a sample together, "
+                "'batch' all rows of a call together"
             )
 
     def _check_budget(self) -> None:
