@@ -120,7 +120,6 @@ def test_rows_are_independent_of_batch_mates() -> None:
 def test_sequential_cfg_keeps_branches_apart() -> None:
     """Two calls per step (cond, uncond) at the same timestep == one doubled batch."""
     model, xs = _model(), _inputs(20, batch=4)
-    xs[0][2:] = xs[0][:2]  # CFG's branches start from the same latents (steps.py's rule 3)
     relcache.apply(model, relcache.RFC(threshold=0.15), patterns=PATTERNS)
     with torch.no_grad():
         doubled = run_trajectory(model, xs)
@@ -128,8 +127,8 @@ def test_sequential_cfg_keeps_branches_apart() -> None:
         cond, uncond = [], []
         for i, x in enumerate(xs):
             t = torch.full((2,), float(20 - i))
-            cond.append(model(x[:2], t))
-            uncond.append(model(x[2:], t))
+            cond.append(model(x[:2], t))  # CFG's branches share their latents (steps.py)
+            uncond.append(model(x[:2], t, x[2:] - x[:2]))  # and differ by their conditioning
     st = relcache.stats(model)
     assert st.steps == {"call0": 20, "call1": 20}
     assert st.nfc_per_sample["call0"] + st.nfc_per_sample["call1"] == nfc_doubled
@@ -381,7 +380,6 @@ def test_budget_mode_gives_exactly_the_budget_to_every_row() -> None:
 
 def test_sample_scope_pairs_cfg_rows_and_sequential_branches() -> None:
     model, xs = _model(), _inputs(30, batch=4)  # rows move at four different paces
-    xs[0][2:] = xs[0][:2]  # CFG's branches start from the same latents (steps.py)
     doubled = [torch.cat([x[:2], x[2:]]) for x in xs]  # rows j and j + 2: one sample's branches
     for scope in ("row", "sample"):
         cfg = relcache.RFC(order=1, threshold=0.4, scope=scope)
@@ -395,8 +393,8 @@ def test_sample_scope_pairs_cfg_rows_and_sequential_branches() -> None:
         with relcache.cached(model, cfg, patterns=PATTERNS), torch.no_grad():
             for i, x in enumerate(xs):
                 with relcache.at_step(model, i):
-                    model(x[:2], torch.zeros(2))
-                    model(x[2:], torch.zeros(2))
+                    model(x[:2], torch.zeros(2))  # shared latents, other conditioning
+                    model(x[:2], torch.zeros(2), x[2:] - x[:2])
             st = relcache.stats(model)
         same = st.nfc_per_sample["call0"] == st.nfc_per_sample["call1"]
         assert same == (scope == "sample")

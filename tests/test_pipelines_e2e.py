@@ -455,16 +455,12 @@ def test_float16(name: str, method: str) -> None:
         np.testing.assert_array_equal(out, ref)
 
 
-# relcache bug (reported): HunyuanVideoPipeline casts the timestep to the latents' dtype; with
-# its released scheduler (shift 7) at its default 50 steps, steps 1 and 2 both read 996.0 in
-# bfloat16, and the engine takes step 2 for a second CFG branch of step 1 (call1): call0 counts
-# 49 steps, stats.nfc averages over a phantom one-step branch and the schedule shifts by one.
-@pytest.mark.xfail(
-    strict=True,
-    reason="HunyuanVideo's bfloat16 timesteps of steps 1 and 2 are equal (996.0) at 50 steps, "
-    "shift 7: relcache takes the second for a CFG branch",
-)
+# HunyuanVideoPipeline casts the timestep to the latents' dtype; with its released scheduler
+# (shift 7) at its default 50 steps, steps 1 and 2 both read 996.0 in bfloat16. Before the
+# latents comparison (caching/steps.py) the engine took step 2 for a CFG branch of step 1.
 def test_hunyuan_released_scheduler_at_50_steps() -> None:
+    """HunyuanVideo's bfloat16 timesteps of steps 1 and 2 are equal (996.0) at 50 steps, shift
+    7: the second is the next step (other latents), not a CFG branch."""
     steps, cfg = 50, relcache.TaylorSeer(interval=4, warmup=2)
     out, stats = _cached("hunyuan", BF16, cfg, steps=steps)
     assert np.isfinite(out).all()

@@ -7,13 +7,15 @@ from torch import Tensor, nn
 
 
 class Chain(nn.Module):
-    """root(x, t) -> mods[-1](...mods[0](x)); every child is a cacheable module."""
+    """root(x, t, y) -> mods[-1](...mods[0](x + y)); every child is a cacheable module."""
 
     def __init__(self, *mods: nn.Module) -> None:
         super().__init__()
         self.mods = nn.ModuleList(mods)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        if y is not None:  # a conditioning that tells CFG's branches apart
+            x = x + y
         for m in self.mods:
             x = m(x)
         return x

@@ -15,9 +15,11 @@
    the trajectory (timesteps counting down for DDPM/DDIM, up for some flow-matching samplers) is
    set by its first two distinct readings; a reading that moves against it starts a new
    generation. More than ``MAX_BRANCHES`` identical readings in a row also start one (with a
-   warning). At the trajectory's first step a repeated reading is another branch only if the
-   call's first tensor (the latents) equals the first call's: otherwise the previous generation
-   stopped after its first step and this call starts a new one.
+   warning). A repeated reading is another branch only if the call's first tensor (the
+   latents) is, or equals, call0's at that step (CFG's branches share their latents; one
+   comparison, one host read): otherwise it is the next step, whose timestep rounded to the same
+   value (bfloat16 timesteps do), or, at the trajectory's first step, a new generation (the
+   previous one stopped after one step).
 4. **No timestep** (none of the above can be read): every call is the next step of branch
    ``default``; a warning (once) says to call ``relcache.reset(model)`` between generations or to
    pass the step with ``relcache.at_step``.
@@ -110,7 +112,7 @@ class StepTracker:
         self.clocks: dict[str, Clock] = {}  # named branches' own clocks
         self.repeats = 0
         self.explicit_last: int | None = None
-        self.origin: Tensor | None = None  # the generation's first call's first tensor (a copy)
+        self.origin: tuple[Tensor, int] | None = None  # call0's latents at this step, version
         self.origin_step: int | None = None  # the generation's first explicit step
         self._warned: set[str] = set()
 
@@ -138,12 +140,14 @@ class StepTracker:
 
     def _from_reading(self, reading: Reading, args: tuple, kwargs: dict) -> CallPlace:
         first = self.clock.last is None
-        if reading == self.clock.last and self.clock.direction == 0:  # the first step again
-            if not self._same_origin(args, kwargs):
-                self.clock, self.repeats = Clock(), 0
+        if reading == self.clock.last and not self._same_origin(args, kwargs):
+            self.repeats = 0
+            self._keep_origin(args, kwargs)
+            if self.clock.direction == 0:  # the first step again, other latents: a new one
+                self.clock = Clock()
                 self.clock.advance(reading)
-                self._keep_origin(args, kwargs)
                 return CallPlace("call0", new_generation=True)
+            return CallPlace("call0")  # the next step: its timestep rounded to the same value
         if reading == self.clock.last:
             self.repeats += 1
             if self.repeats < MAX_BRANCHES:
@@ -158,10 +162,9 @@ class StepTracker:
             self._keep_origin(args, kwargs)
             return CallPlace("call0", new_generation=True)
         back = self.clock.went_back(reading)
-        if back:
-            self.clock = Clock()
         if back or first:
-            self._keep_origin(args, kwargs)
+            self.clock = Clock()
+        self._keep_origin(args, kwargs)
         self.clock.advance(reading)
         self.repeats = 0
         return CallPlace("call0", new_generation=back)
@@ -178,25 +181,30 @@ class StepTracker:
         name = f"call{self.repeats}"
         current = steps.get("call0")
         new = self.repeats == 0 and _went_back(step, current)
-        if self.repeats == 0 and (new or current is None):
+        if self.repeats == 0:
             self._keep_origin(args, kwargs)
-            self.origin_step = step
+            if new or current is None:
+                self.origin_step = step
         return CallPlace(name, new_generation=new, step=step)
 
     def _keep_origin(self, args: tuple, kwargs: dict) -> None:
-        """Remember the generation's first latents (a copy: samplers update them in place)."""
+        """Remember the first tensor (the latents) of the step's first call (call0): a reference
+        and its version counter, no copy."""
         x = first_tensor(args, kwargs)
-        self.origin = None if x is None or x.is_meta else x.detach().clone()
+        self.origin = None if x is None or x.is_meta else (x, x._version)
 
     def _same_origin(self, args: tuple, kwargs: dict) -> bool:
-        """Whether this call's first tensor equals the generation's first call's (a branch of
-        the first step) or not (a new generation); True when it cannot tell."""
+        """Whether this call's latents are call0's of this step (another branch of the step) or
+        not (a new step or generation); True when it cannot tell."""
         x = first_tensor(args, kwargs)
         if self.origin is None or x is None or x.is_meta:
             return True
-        if x.shape != self.origin.shape or x.dtype != self.origin.dtype:
-            return False
-        return bool(torch.equal(x.detach(), self.origin.to(x.device)))  # one host read
+        ref, version = self.origin
+        if x is ref and ref._version == version:
+            return True
+        if ref._version != version or x.shape != ref.shape or x.dtype != ref.dtype:
+            return False  # call0's latents were updated in place: a new step
+        return bool(torch.equal(x.detach(), ref.detach().to(x.device)))  # one host read
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

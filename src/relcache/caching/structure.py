@@ -40,9 +40,11 @@ def rebuild_output(tensors: list[Tensor], template: tuple) -> Any:
 
 
 def signature(args: tuple, kwargs: dict) -> tuple:
-    """Shape, dtype and device of every tensor argument: a change means a new trajectory."""
+    """Shape of every tensor argument, and dtype and device of the feature tensors (2-D and up;
+    not the timestep, which pipelines cast after the first step): a change means a new
+    trajectory."""
     return tuple(
-        (tuple(v.shape), v.dtype, v.device.type)
+        (tuple(v.shape), v.dtype, v.device.type) if v.dim() >= 2 else (tuple(v.shape),)
         for v in (*args, *kwargs.values())
         if isinstance(v, Tensor)
     )
