@@ -679,3 +679,19 @@ def test_generate_command_on_a_saved_dit_pipeline(tmp_path: Path, monkeypatch) -
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["nfc"] == 4 and stats["full_steps"] == {"call0": [0, 1, 4, 7]}
     assert stats["method"] == "TaylorSeer N=3 m=2" and stats["images"] == ["000.png", "001.png"]
+
+
+def test_generate_command_runs_rfc_in_bfloat16(tmp_path: Path, monkeypatch) -> None:
+    """`relcache generate --dtype bfloat16 --method rfc` (crashed in RCS's cdist before)."""
+    from relcache.commands import generate
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _pipe("dit").save_pretrained(tmp_path / "dit")
+    parser = argparse.ArgumentParser()
+    generate.register(parser.add_subparsers())
+    argv = ["generate", "--model", str(tmp_path / "dit"), "--class-label", "1", "3"]
+    argv += ["--method", "rfc", "--threshold", "0.3", "--steps", "8", "--dtype", "bfloat16"]
+    args = parser.parse_args([*argv, "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert args.func(args) == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert 2 <= stats["nfc"] <= 8 and len(list((tmp_path / "out").glob("*.png"))) == 2
