@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 import relcache
+from relcache.caching.steps import FIRST
 from relcache.models.dit import DiT, DiTConfig
 from relcache.sampling.ddim import generate
 from tests.toys import Chain, Scale, run_trajectory
@@ -54,7 +55,7 @@ def test_rcs_runs_in_half_precision_with_float32_statistics(spec: str, dtype) ->
     st = relcache.stats(model)
     assert torch.isfinite(out).all()
     assert 2 <= st.nfc <= 10 and (st.nfc == 5 if "nfc" in spec else True)
-    rcs = relcache.api._engine(model).branches["call0"].scheduler
+    rcs = relcache.api._engine(model).now.branches[FIRST].scheduler
     assert rcs.acc.dtype == torch.float32 and rcs.factors.dtype == torch.float32
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 import relcache
 from relcache.adapters.diffusers_models import FUSED
 from relcache.caching.methods import fixed_schedule
+from relcache.caching.steps import FIRST
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -431,7 +432,7 @@ def test_taylorseer_nfc_is_the_official_schedule(name: str) -> None:
     n_full, n_cached = len(schedule) * len(branches), (STEPS - len(schedule)) * len(branches)
     assert all(c == {"full": n_full, "cached": n_cached} for c in stats.module_calls.values())
     engine = pipe.transformer._relcache_engine
-    predictor = engine.branches["call0"].predictor
+    predictor = engine.now.branches[FIRST].predictor
     assert sum(len(st.factors) for st in predictor.modules.values()) == features
     assert all(torch.isfinite(o).all() for o in outs)
     # cached steps run only the blocks' modulation; attention / MLP / fused linears stay idle

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import relcache
+from relcache.caching.steps import FIRST
 from tests.toys import Chain, linear_module, run_trajectory
 
 
@@ -334,7 +335,7 @@ def test_cached_state_is_detached_from_autograd() -> None:
         x = x.clone().requires_grad_(True)
         model(x, torch.full((3,), 8.0 - i)).sum().backward()
         assert x.grad is not None and torch.isfinite(x.grad).all()
-    predictor = relcache.api._engine(model).branches["call0"].predictor
+    predictor = relcache.api._engine(model).now.branches[FIRST].predictor
     assert not any(t.requires_grad for t in predictor.tensors())
 
 

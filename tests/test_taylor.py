@@ -5,6 +5,7 @@ import torch
 import relcache
 from relcache.api import _engine
 from relcache.caching import taylor
+from relcache.caching.steps import FIRST
 from tests.toys import Chain, run_trajectory
 
 
@@ -33,7 +34,7 @@ def test_engine_factors_match_hand_values() -> None:
     model = Chain(torch.nn.Identity())
     relcache.apply(model, relcache.TaylorSeer(full_steps=[0, 1, 5, 9]), patterns=[r"mods\.0"])
     outs = run_trajectory(model, _signal_inputs([float(i * i) for i in range(12)]))
-    state = _engine(model).branches["call0"].predictor.modules["mods.0"]
+    state = _engine(model).now.branches[FIRST].predictor.modules["mods.0"]
     assert state.factors[0][0, :, 0].tolist() == [81.0, 14.0, 2.0]  # (B, m+1, N)
     assert outs[10][0, 0, 0].item() == 81 + 14 + 1  # k = 1
     assert outs[11][0, 0, 0].item() == 113
@@ -67,7 +68,7 @@ def test_order_grows_by_one_per_full_step() -> None:
     assert outs[3] == 8 + (8 - 0) / 2 * 1  # f0, f1
     f1, f1_old = (64 - 8) / 2, (8 - 0) / 2
     assert outs[5] == 64 + f1 + (f1 - f1_old) / 2 / 2  # f0, f1, f2
-    assert _engine(model).branches["call0"].predictor.modules["mods.0"].factors[0].shape[1] == 4
+    assert _engine(model).now.branches[FIRST].predictor.modules["mods.0"].factors[0].shape[1] == 4
 
 
 def test_fora_reuses_last_full_output() -> None:
@@ -114,7 +115,7 @@ def test_no_grad_generation_updates_in_place_with_the_same_result() -> None:
         with torch.set_grad_enabled(grad):
             runs.append([o.detach() for o in run_trajectory(model, xs)])
         if not grad:
-            branch = _engine(model).branches["call0"]
+            branch = _engine(model).now.branches[FIRST]
             factors = branch.predictor.modules["mods.0"].factors[0]
             assert factors._version > 0  # updated in place
             assert len({len(s) for s in branch.history.schedules()}) == 3  # partial steps ran

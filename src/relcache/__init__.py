@@ -22,11 +22,14 @@ from relcache.api import (
     reset,
     stats,
 )
-from relcache.caching.engine import CacheStats
+from relcache.caching.stats import CacheStats
 from relcache.caching.methods import (
     FORA,
     METHODS,
+    RCS,
     RFC,
+    RFE,
+    Budget,
     CacheMethod,
     TaylorSeer,
     build_method,
@@ -39,7 +42,10 @@ __version__ = "0.1.0"
 __all__ = [
     "FORA",
     "METHODS",
+    "RCS",
     "RFC",
+    "RFE",
+    "Budget",
     "CacheMethod",
     "CacheStats",
     "TaylorSeer",

@@ -16,8 +16,13 @@ from relcache.caching.conflicts import (
     refuse_enable_cache,
     refuse_foreign_caches,
 )
-from relcache.caching.engine import CacheEngine, CacheStats, Targets
+from relcache.caching.compiled import CompiledPath
+from relcache.caching.engine import CacheEngine
+from relcache.caching.stats import CacheStats
+from relcache.caching.taps import Observer, Tap
+from relcache.caching.targets import Targets
 from relcache.caching.methods import CacheMethod
+from relcache.sampling.hooks import register_run_hook, register_step_hook
 
 _ENGINE_ATTR = "_relcache_engine"
 
@@ -71,7 +76,7 @@ def _targets(model: nn.Module, patterns, driver) -> tuple[Targets, ModelAdapter 
             "r'blocks\\.\\d+\\.mlp'])"
         )
     targets = adapter.targets()
-    return (dataclasses.replace(targets, driver=driver) if driver else targets), adapter
+    return (dataclasses.replace(targets, watch=driver) if driver else targets), adapter
 
 
 def apply(
@@ -133,19 +138,19 @@ def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
 
     model = resolve_model(target)
     engine = _engine(model)
-    if engine.observer is not None:
+    if engine.taps:
         raise ValueError("relcache.observe runs eagerly; leave the observe() block first")
-    if not engine.traceable:
+    if engine.compiled is None:  # the instance's own forward, if any: remove() restores it
         engine.detach()
-        engine.attach(traceable=True)
-    if engine.root_forward is None:  # the instance's own forward, if any: remove() restores it
-        engine.root_forward = (model.__dict__.get("forward"),)
-    eager = engine.eager_forward
-    compiled = torch.compile(eager, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options)
+        engine.attach(CompiledPath(engine, model.__dict__.get("forward")))
+    path = engine.compiled
+    compiled = torch.compile(
+        engine.eager_forward, fullgraph=fullgraph, mode=mode, dynamic=dynamic, **options
+    )
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         """The step's compiled graph (its decision was taken in the root hook)."""
-        return engine.compiled_step(compiled, eager, args, kwargs)
+        return path.step(compiled, args, kwargs)
 
     model.forward = forward
     return target
@@ -155,10 +160,10 @@ def remove(target: Any) -> Any:
     """Undo :func:`apply` (and :func:`compile`): every original forward is restored exactly."""
     model = resolve_model(target)
     engine = _engine(model)
-    if engine.root_forward is not None:
+    if engine.compiled is not None:
         del model.forward
-        if engine.root_forward[0] is not None:
-            model.forward = engine.root_forward[0]
+        if engine.compiled.own_forward is not None:
+            model.forward = engine.compiled.own_forward
     engine.detach()
     if engine.adapter is not None and engine.adapter.restore is not None:
         engine.adapter.restore(model)
@@ -254,6 +259,11 @@ def generation(target: Any) -> Iterator[None]:
     yield
 
 
+# the samplers (relcache.sampling) enter these around each generation and each step
+register_run_hook(generation)
+register_step_hook(at_step)
+
+
 def _find_engine(target: Any) -> CacheEngine | None:
     """The engine of ``target`` or of the cached model it wraps as ``.transformer``, if any."""
     model = resolve_model(target)
@@ -278,12 +288,27 @@ def observe(
     """
     if teacher_forced and not shadow:
         raise ValueError("teacher_forced=True needs shadow=True (the actual outputs)")
+    with tap(target, Observer(fn, shadow, teacher_forced)):
+        yield
+
+
+@contextlib.contextmanager
+def tap(target: Any, hooks: Tap) -> Iterator[None]:
+    """Show ``hooks`` (a :class:`relcache.caching.taps.Tap`) the engine's work while the block
+    runs: every module call, and the phases of a step (analysis, counters; eager only)."""
     engine = _engine(target)
-    engine.observer, engine.shadow, engine.teacher_forced = fn, shadow, teacher_forced
+    if engine.compiled is not None:
+        raise ValueError("taps see the eager engine; call relcache.tap before relcache.compile")
+    engine.taps.append(hooks)
     try:
         yield
     finally:
-        engine.observer, engine.shadow, engine.teacher_forced = None, False, False
+        engine.taps.remove(hooks)
+
+
+def cached_modules(target: Any) -> list[str]:
+    """The names of the modules relcache caches in ``target``."""
+    return list(_engine(target).names)
 
 
 def _hook_pipeline(pipe: Any, engine: CacheEngine) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from relcache.caching.engine import InputFn, Targets, TimestepFn, default_inputs
+from relcache.caching.targets import InputFn, Targets, TimestepFn, default_inputs
 from relcache.caching.steps import read_timestep
 
 

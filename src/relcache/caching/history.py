@@ -66,9 +66,9 @@ class History:
         if key not in self._coeff:
             if key not in self._scale:
                 self._scale[key] = taylor.coefficient_scale(self.n_full, order, dtype)
-            exponents, scale = self._scale[key]  # (m+1,), (B, m+1)
-            k = (self.step - self.last_full).to(dtype)  # (B,)
-            self._coeff[key] = k[:, None] ** exponents * scale  # (B, m+1), taylor_coefficients
+            k = self.step - self.last_full  # (B,)
+            scale = self._scale[key]
+            self._coeff[key] = taylor.taylor_coefficients(k, self.n_full, order, dtype, scale)
         return self._coeff[key]
 
     def advance(self, rows: Tensor | None, any_full: bool) -> None:

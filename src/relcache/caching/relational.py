@@ -62,8 +62,17 @@ def _first_order(taylor: Tensor) -> Tensor:
     return (torch.arange(taylor.shape[1], device=taylor.device) == 0).to(taylor.dtype)
 
 
+def l1_error_terms(actual: Tensor, predicted: Tensor) -> tuple[Tensor, Tensor]:
+    """RCS's error as its two sums per sample, ||I0 - I0_hat||_1 and ||I0||_1 (§3), in the
+    prediction's precision (fp32+ whatever the model's dtype). (B, ...), (B, N) -> (B,), (B,)"""
+    flat = actual.reshape(actual.shape[0], -1).to(predicted.dtype)  # (B, N)
+    num = torch.cdist(flat[:, None], predicted[:, None], p=1)[:, 0, 0]  # (B,) one kernel
+    den = torch.linalg.vector_norm(flat, ord=1, dim=1)  # (B,)
+    return num, den
+
+
 def relative_l1_error(actual: Tensor, predicted: Tensor) -> Tensor:
-    """e = ||I0 - I0_hat||_1 / ||I0||_1 per sample (§3 RCS). (B, ...) -> (B,)"""
-    num = row_norm(accum(actual) - predicted, p=1)
-    den = row_norm(actual, p=1)
-    return num / den.clamp_min(torch.finfo(torch.float32).tiny)
+    """e = ||I0 - I0_hat||_1 / ||I0||_1 per sample (§3 RCS); NaN / inf where ||I0||_1 = 0.
+    (B, ...), (B, N) -> (B,)"""
+    num, den = l1_error_terms(actual, predicted)
+    return num / den

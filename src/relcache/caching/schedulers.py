@@ -1,12 +1,13 @@
 """Schedulers: which rows of a step run fully (RFC_SPEC §2 fixed schedule, §3 RCS).
 
 A scheduler is made per branch (one trajectory) and owns its state. The engine calls
-:meth:`Scheduler.begin` once at the start of every step; a scheduler that needs to see the first
-cached module's input (``uses_driver``) is also called at that module, where it must decide if
-``begin`` returned ``None``. Under ``relcache.compile`` that call is made before the compiled
-forward, from an eager run up to the driver, when the step's decision is unknown or partial;
-after the call, from the driver's captured input, when the step is known to be all full; not
-at all when it is known to be all cached.
+:meth:`Scheduler.begin` once at the start of every step; a scheduler that needs to see the
+watched module's input (``watches_input``: RCS's driver, the first cached module by default) is
+also called there, :meth:`Scheduler.at_input`, where it must decide if ``begin`` returned
+``None``. Under ``relcache.compile`` that call is made before the compiled forward, from an
+eager run up to the module, when the step's decision is unknown or partial; after the call,
+from the module's captured input, when the step is known to be all full; not at all when it is
+known to be all cached.
 """
 
 from __future__ import annotations
@@ -82,18 +83,18 @@ def interval_for_nfc(target: float, steps: int, warmup: int = 2, first: int | No
 
 
 class Scheduler:
-    """Decides each step of one branch; subclasses set ``adaptive`` / ``uses_driver``."""
+    """Decides each step of one branch; subclasses set ``adaptive`` / ``watches_input``."""
 
     adaptive: ClassVar[bool] = False  # the full steps depend on the data (no fixed schedule)
     shares_across_branches = False  # the branches of one step follow the first one's decision
-    uses_driver: ClassVar[bool] = False  # called at the driver module with its input
+    watches_input: ClassVar[bool] = False  # shown the watched module's input, at_input()
 
     def begin(self, history: History) -> Decision | None:
-        """This step's decision, or None to decide at the driver module."""
+        """This step's decision, or None to decide at the watched module's input."""
         raise NotImplementedError
 
-    def at_driver(self, history: History, early: Decision | None, inputs: list[Tensor]) -> Decision:
-        """Decide (if ``early`` is None) and record from the driver input; return the decision."""
+    def at_input(self, history: History, early: Decision | None, inputs: list[Tensor]) -> Decision:
+        """Decide (if ``early`` is None) and record from the watched input; the decision."""
         assert early is not None, "a scheduler that returns None from begin() must decide here"
         return early
 
@@ -170,7 +171,7 @@ class RCSSchedule(Scheduler):
     """
 
     adaptive = True
-    uses_driver = True
+    watches_input = True
 
     def __init__(self, threshold: float, order: int, warmup: int, scope: str = "row") -> None:
         self.threshold, self.order, self.warmup, self.scope = threshold, order, warmup, scope
@@ -187,8 +188,8 @@ class RCSSchedule(Scheduler):
     def begin(self, history: History) -> Decision | None:
         return FULL if history.step < self.warmup else None
 
-    def at_driver(self, history: History, early: Decision | None, inputs: list[Tensor]) -> Decision:
-        x = inputs[0]  # (B, ...)
+    def at_input(self, history: History, early: Decision | None, inputs: list[Tensor]) -> Decision:
+        x = inputs[0]  # (B, ...) the driver's input I0
         if self.acc is None:
             self.acc = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
             self.nonfinite = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -213,11 +214,9 @@ class RCSSchedule(Scheduler):
         The error is taken in float32 (float64 for a float64 model) whatever the model's dtype."""
         coeff = history.coefficients(self.order)  # (B, m+1) fp64, shared with RFE's plan
         predicted = taylor.combine(self.factors, coeff)  # (B, N)
-        flat = x.reshape(x.shape[0], -1).to(predicted.dtype)  # (B, N) fp32+, as the factors
-        num = torch.cdist(flat[:, None], predicted[:, None], p=1)[:, 0, 0]  # (B,) one kernel
-        den = torch.linalg.vector_norm(flat, ord=1, dim=1)  # (B,)
+        num, den = rel.l1_error_terms(x, predicted)  # (B,) each: e = num / den
         if self.scope == "row":
-            acc = torch.addcdiv(self.acc, num, den)  # (B,)
+            acc = torch.addcdiv(self.acc, num, den)  # (B,) one kernel
         else:
             acc = self.acc + share(num / den, self.scope, history.branches == 1)
         self.acc = acc

@@ -10,18 +10,20 @@ from torch import Tensor
 from relcache.caching.history import History
 from relcache.caching.predictors import Predictor
 from relcache.caching.schedulers import Decision, Scheduler
+from relcache.caching.steps import BranchKey
 
 
 @dataclass
 class BranchState:
     """One trajectory of one branch (e.g. the uncond pass of sequential CFG)."""
 
+    key: BranchKey
     scheduler: Scheduler
     predictor: Predictor
     signature: tuple | None = None  # shapes of the root call's tensors; a change resets
     history: History = field(default_factory=History)
-    decision: Decision | None = None  # this step's; None until the driver module decides
-    batch: int = 0  # rows of the driver input (decisions are shared only between equal batches)
+    decision: Decision | None = None  # this step's; None until the scheduler decides
+    batch: int = 0  # rows the scheduler saw (decisions are shared only between equal batches)
     templates: dict[str, tuple] = field(default_factory=dict)  # per module: output structure
     full_calls: Counter[str] = field(default_factory=Counter)  # per module
     cached_calls: Counter[str] = field(default_factory=Counter)

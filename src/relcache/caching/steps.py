@@ -87,12 +87,39 @@ def _sign(a: Reading, b: Reading) -> int:
     return (diff > 0) - (diff < 0)
 
 
+AUTO, NAMED, DEFAULT = "auto", "named", "default"  # the kinds of branch
+
+
+@dataclass(frozen=True)
+class BranchKey:
+    """A branch: an automatic one (the ``index``-th call of a step: CFG's cond, uncond ...), a
+    named context (``relcache.cache_context``) or the default one (no timestep readable)."""
+
+    kind: str
+    index: int = 0
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """How stats and messages show it: ``call0``, ``call1`` ..., the context's name,
+        ``default``."""
+        return {AUTO: f"call{self.index}", NAMED: self.name}.get(self.kind, DEFAULT)
+
+
+FIRST = BranchKey(AUTO)  # the first call of each step
+
+
+def auto(index: int) -> BranchKey:
+    """The ``index``-th automatic branch of a step."""
+    return BranchKey(AUTO, index)
+
+
 @dataclass(frozen=True)
 class CallPlace:
     """Where a root call belongs: its branch, whether it starts a new generation (every
     automatic branch is dropped), whether its branch restarts, and its explicit step if any."""
 
-    branch: str
+    branch: BranchKey
     new_generation: bool = False
     restart: bool = False
     step: int | None = None
@@ -102,8 +129,6 @@ class StepTracker:
     """Applies the rules above to each root call; holds only readings and counters."""
 
     def __init__(self) -> None:
-        self.step: int | None = None  # explicit step of the calls in progress (at_step)
-        self.context: str | None = None  # named branch of the calls in progress
         self.reset()
 
     def reset(self) -> None:
@@ -116,17 +141,27 @@ class StepTracker:
         self.origin_step: int | None = None  # the generation's first explicit step
         self._warned: set[str] = set()
 
-    def place(self, reading_fn, args: tuple, kwargs: dict, steps: dict[str, int]) -> CallPlace:
-        """Classify one root call; ``steps`` holds each existing branch's next step."""
-        if self.step is not None:
-            return self._explicit(self.step, steps, args, kwargs)
+    def place(
+        self,
+        reading_fn,
+        args: tuple,
+        kwargs: dict,
+        steps: dict[BranchKey, int],
+        step: int | None = None,
+        context: str | None = None,
+    ) -> CallPlace:
+        """Classify one root call; ``steps`` holds each existing branch's next step, ``step``
+        and ``context`` the caller's ``at_step`` / ``cache_context``, if any."""
+        named = None if context is None else BranchKey(NAMED, name=context)
+        if step is not None:
+            return self._explicit(step, named, steps, args, kwargs)
         reading = reading_fn(args, kwargs)
-        if self.context is not None:
-            clock = self.clocks.setdefault(self.context, Clock())
+        if named is not None:
+            clock = self.clocks.setdefault(context, Clock())
             back = reading is not None and clock.went_back(reading)
             if reading is not None:
                 clock.advance(reading)
-            return CallPlace(self.context, restart=back)
+            return CallPlace(named, restart=back)
         if reading is None:
             self._warn_once(
                 "unreadable",
@@ -135,7 +170,7 @@ class StepTracker:
                 "trajectory. Call relcache.reset(model) between generations, or wrap each step "
                 "in `with relcache.at_step(model, i):`",
             )
-            return CallPlace("default")
+            return CallPlace(BranchKey(DEFAULT))
         return self._from_reading(reading, args, kwargs)
 
     def _from_reading(self, reading: Reading, args: tuple, kwargs: dict) -> CallPlace:
@@ -146,12 +181,12 @@ class StepTracker:
             if self.clock.direction == 0:  # the first step again, other latents: a new one
                 self.clock = Clock()
                 self.clock.advance(reading)
-                return CallPlace("call0", new_generation=True)
-            return CallPlace("call0")  # the next step: its timestep rounded to the same value
+                return CallPlace(FIRST, new_generation=True)
+            return CallPlace(FIRST)  # the next step: its timestep rounded to the same value
         if reading == self.clock.last:
             self.repeats += 1
             if self.repeats < MAX_BRANCHES:
-                return CallPlace(f"call{self.repeats}")
+                return CallPlace(auto(self.repeats))
             self._warn_once(
                 "repeats",
                 f"relcache read the same timestep {MAX_BRANCHES} times in a row and starts a new "
@@ -160,32 +195,38 @@ class StepTracker:
             )
             self.repeats = 0
             self._keep_origin(args, kwargs)
-            return CallPlace("call0", new_generation=True)
+            return CallPlace(FIRST, new_generation=True)
         back = self.clock.went_back(reading)
         if back or first:
             self.clock = Clock()
         self._keep_origin(args, kwargs)
         self.clock.advance(reading)
         self.repeats = 0
-        return CallPlace("call0", new_generation=back)
+        return CallPlace(FIRST, new_generation=back)
 
-    def _explicit(self, step: int, steps: dict[str, int], args: tuple, kwargs: dict) -> CallPlace:
-        if self.context is not None:
-            current = steps.get(self.context)
-            return CallPlace(self.context, restart=_went_back(step, current), step=step)
+    def _explicit(
+        self,
+        step: int,
+        named: BranchKey | None,
+        steps: dict[BranchKey, int],
+        args: tuple,
+        kwargs: dict,
+    ) -> CallPlace:
+        if named is not None:
+            current = steps.get(named)
+            return CallPlace(named, restart=_went_back(step, current), step=step)
         again = step == self.explicit_last
-        if again and steps.get("call0") == step + 1 and self.origin_step == step:
+        if again and steps.get(FIRST) == step + 1 and self.origin_step == step:
             again = self._same_origin(args, kwargs)  # else: the last generation had one step
         self.repeats = self.repeats + 1 if again else 0
         self.explicit_last = step
-        name = f"call{self.repeats}"
-        current = steps.get("call0")
+        current = steps.get(FIRST)
         new = self.repeats == 0 and _went_back(step, current)
         if self.repeats == 0:
             self._keep_origin(args, kwargs)
             if new or current is None:
                 self.origin_step = step
-        return CallPlace(name, new_generation=new, step=step)
+        return CallPlace(auto(self.repeats), new_generation=new, step=step)
 
     def _keep_origin(self, args: tuple, kwargs: dict) -> None:
         """Remember the first tensor (the latents) of the step's first call (call0): a reference

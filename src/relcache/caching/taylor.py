@@ -45,14 +45,19 @@ def _divisor(gap: Tensor, n_full: Tensor, r: int, dtype: torch.dtype) -> Tensor:
 
 
 def taylor_coefficients(
-    k: Tensor, n_full: Tensor, order: int, dtype: torch.dtype = torch.float64
+    k: Tensor,
+    n_full: Tensor,
+    order: int,
+    dtype: torch.dtype = torch.float64,
+    scale: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Coefficients k^r / r! of ``O_hat = sum_r f_r k^r / r!`` (§2); orders not yet formed get 0.
 
-    k: (B,) steps since the last full step; n_full: (B,). Returns (B, m+1).
+    k: (B,) steps since the last full step; n_full: (B,); ``scale``: :func:`coefficient_scale`
+    of ``n_full`` if already known (it changes only at full steps). Returns (B, m+1).
     """
-    exponents, scale = coefficient_scale(n_full, order, dtype)  # (m+1,), (B, m+1)
-    return k.to(dtype)[:, None] ** exponents * scale
+    exponents, factor = scale or coefficient_scale(n_full, order, dtype)  # (m+1,), (B, m+1)
+    return k.to(dtype)[:, None] ** exponents * factor
 
 
 def coefficient_scale(n_full: Tensor, order: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from relcache.caching.taps import Tap
+
 aten = torch.ops.aten
 # ops that allocate or read metadata but launch no kernel
 NO_KERNEL = {
@@ -119,33 +121,29 @@ def marking_engine(model: nn.Module, counter: OpCounter) -> Iterator[None]:
     """Attribute the ops of relcache's root hooks to the engine while the block runs, except
     the predictor's per-step work they trigger (``predictor.prepare``: this step's coefficients,
     RFE's plan), which is the cached modules' prediction, computed once for all of them."""
-    engine = getattr(model, "_relcache_engine", None)
-    if engine is None:
+    import relcache  # the API, imported here: evaluation modules load before it is complete
+
+    if not relcache.is_applied(model):
         yield
         return
-    hooks = [model._forward_pre_hooks, model._forward_hooks]
-    saved = [dict(h) for h in hooks]
-    for table in hooks:
-        for key, hook in list(table.items()):
-            table[key] = _marked(hook, counter, ENGINE)
-    engine._prepare = _marked(type(engine)._prepare, counter, STEP_WORK)
-    try:
+    with relcache.api.tap(model, _PhaseMarker(counter)):
         yield
-    finally:
-        del engine._prepare
-        for table, original in zip(hooks, saved, strict=True):
-            table.update(original)
 
 
-def _marked(hook: Callable, counter: OpCounter, label: str) -> Callable:
-    def run(*args, **kwargs):
-        previous, counter.module = counter.module, label
+class _PhaseMarker(Tap):
+    """Labels the counter with the engine's phase while it runs."""
+
+    def __init__(self, counter: OpCounter) -> None:
+        self.counter = counter
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        label = ENGINE if name == "engine" else STEP_WORK
+        previous, self.counter.module = self.counter.module, label
         try:
-            return hook(*args, **kwargs)
+            yield
         finally:
-            counter.module = previous
-
-    return run
+            self.counter.module = previous
 
 
 @contextlib.contextmanager
@@ -216,7 +214,7 @@ def step_counts(model: nn.Module, config, full_steps: int = 3) -> dict:
             return model(x, torch.full((2,), 999.0 - i, device=dev), y)
 
     with relcache.cached(model, probe):
-        names = relcache.api._engine(model).names
+        names = relcache.api.cached_modules(model)
         last = count_calls(model, names, call, full_steps + 2)[-1]
     return {
         "kernels_per_cached_module": round(last.inside / len(names), 2),

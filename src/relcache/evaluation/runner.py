@@ -190,7 +190,7 @@ def _image_nfc(model: nn.Module, config: CacheMethod | None, n: int, steps: int)
     """Per image: the mean NFC of its cond row i and uncond row n + i. (n,)"""
     if config is None:
         return torch.full((n,), float(steps))
-    rows = torch.tensor(relcache.stats(model).nfc_per_sample["call0"])  # (2n,)
+    rows = torch.tensor(relcache.stats(model).row_nfc)  # (2n,)
     return (rows[:n] + rows[n:]) / 2
 
 
@@ -200,7 +200,7 @@ def _image_schedules(
     """Per image: the full steps of its cond row (row i of the CFG-doubled batch)."""
     if config is None:
         return [list(range(steps)) for _ in range(n)]
-    return [list(rows) for rows in relcache.stats(model).schedules["call0"][:n]]
+    return [list(rows) for rows in relcache.stats(model).row_schedules[:n]]
 
 
 def reset_peak_memory(device: torch.device) -> None:

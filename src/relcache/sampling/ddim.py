@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from relcache.api import at_step, generation
+from relcache.sampling.hooks import run_hooks, step_hooks
 
 __all__ = [
     "DDIMSchedule",
@@ -138,8 +138,8 @@ def ddim_sample(
 ) -> torch.Tensor:
     """DDIM (Song et al., 2021, Eq. 12) from ``noise`` at t_max to x_0, as ADM's ``ddim_sample``.
 
-    ``step_context(i)`` wraps the model call of step i (``relcache.at_step``: the cache is told
-    the step instead of reading the timestep). No value is read back from the device.
+    ``step_context(i)`` wraps the model call of step i (a cache told the step instead of reading
+    the timestep: ``sampling.hooks``). No value is read back from the device.
     """
     x = noise
     c = noise.shape[1]
@@ -304,7 +304,8 @@ def denoise(
 ) -> torch.Tensor:
     """DDIM from x_T = ``noise`` (N, C, H, W) to x_0 (N, C, H, W), with CFG iff ``guided``.
 
-    ``step_context(i)`` wraps step i's model call; by default ``relcache.at_step(model, i)``.
+    The generation runs inside every registered run hook and, unless ``step_context(i)`` is
+    given, step i's model call inside every registered step hook (``sampling.hooks``).
     """
     if guided:
         wrap = sequential_cfg_model_fn if sequential_cfg else cfg_model_fn
@@ -317,7 +318,7 @@ def denoise(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), generation(model):  # a cache starts afresh with each generation
+        with torch.no_grad(), run_hooks(model):  # e.g. a cache starts afresh with each generation
             x = ddim_sample(
                 lambda x, t: model_fn(x.to(dtype), t).float(),  # latents stay float32
                 noise,
@@ -326,7 +327,7 @@ def denoise(
                 generator=generator,
                 progress=progress,
                 callback=callback,
-                step_context=step_context or (lambda i: at_step(model, i)),
+                step_context=step_context or (lambda i: step_hooks(model, i)),
             )  # (2N or N, C, H, W)
     finally:
         model.train(was_training)

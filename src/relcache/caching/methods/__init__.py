@@ -7,6 +7,7 @@ A method is a frozen config that makes a scheduler (schedulers.py) and a predict
 from __future__ import annotations
 
 from relcache.caching.methods.base import CacheMethod, Composed
+from relcache.caching.methods.budget import Budget
 from relcache.caching.methods.fora import FORA
 from relcache.caching.methods.registry import (
     KNOBS,
@@ -17,7 +18,9 @@ from relcache.caching.methods.registry import (
     parse_method,
     register_method,
 )
+from relcache.caching.methods.rcs import RCS
 from relcache.caching.methods.rfc import RFC
+from relcache.caching.methods.rfe import RFE
 from relcache.caching.methods.taylorseer import TaylorSeer
 from relcache.caching.schedulers import fixed_schedule, interval_for_nfc
 
@@ -35,21 +38,21 @@ for _entry in (
     MethodEntry(
         "rfe",
         "+RFE",
-        lambda **kw: RFC(rcs=False, **kw),
+        RFE,
         ("order", *FIXED, "clamp"),
         "the paper's +RFE ablation: RFE on TaylorSeer's fixed schedule",
     ),
     MethodEntry(
         "rcs",
         "+RCS",
-        lambda **kw: RFC(rfe=False, **kw),
+        RCS,
         ("order", "threshold", "warmup", "scope"),
         "the paper's +RCS ablation: Taylor prediction on the RCS schedule",
     ),
     MethodEntry(
         "budget",
         "RFC budget",
-        lambda **kw: RFC(**kw),
+        Budget,
         ("order", "nfc", "steps", "warmup", "scope", "clamp"),
         "RFC with an exact budget of full steps per sample instead of a threshold",
     ),
@@ -70,6 +73,9 @@ def recommended(nfc: float, steps: int = 50) -> CacheMethod:
 
 __all__ = [
     "FORA",
+    "RCS",
+    "RFE",
+    "Budget",
     "KNOBS",
     "METHODS",
     "RFC",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from relcache.caching.predictors import Predictor
-from relcache.caching.schedulers import ExplicitSchedule, FixedSchedule, Scheduler
+from relcache.caching.schedulers import SCOPES, ExplicitSchedule, FixedSchedule, Scheduler
 
 MAX_ORDER = 20  # k^r / r! must fit the integer arithmetic of the coefficients
 
@@ -100,6 +100,77 @@ def check_first(first: object, full_steps: object) -> None:
     if full_steps is not None:
         raise ValueError("first= shifts the fixed schedule; with full_steps= drop it")
     check_positive_int("first", first, "e.g. 3: the first refresh one step after a 2-step warmup")
+
+
+def check_rfe_warmup(warmup: object) -> None:
+    """RFE measures s between two full steps, so its warm-up has at least two."""
+    check_positive_int("warmup", warmup, "RFE needs warmup >= 2")
+    if warmup < 2:
+        raise ValueError(
+            f"warmup must be >= 2 with RFE (it needs two full steps to measure s), got "
+            f"{warmup}; use warmup=2 for DiT, 3 for FLUX"
+        )
+
+
+def check_rfe_full_steps(full_steps: tuple[int, ...] | None) -> None:
+    """An explicit schedule for RFE starts with two full steps (to measure s)."""
+    if full_steps is not None and full_steps[:2] != (0, 1):
+        raise ValueError(
+            f"RFE needs two full steps before the first cached one (to measure s), so "
+            f"full_steps must start 0, 1, got {list(full_steps)!r}; e.g. "
+            f"{[0, 1, *[s for s in full_steps if s > 1]]!r}, or TaylorSeer"
+        )
+
+
+def check_clamp(clamp: object) -> None:
+    """RFE's magnitude bound c >= 1 (None: unbounded)."""
+    if clamp is None:
+        return
+    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not clamp >= 1:
+        raise ValueError(f"clamp must be a number >= 1 (e.g. 1.1), got {clamp!r}")
+
+
+def check_threshold(threshold: object) -> None:
+    """RCS's threshold tau > 0."""
+    t = threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        raise ValueError(
+            f"RCS needs a threshold > 0, got {t!r}; pass e.g. threshold=0.5, or find the one "
+            "matching a target NFC with relcache.METHODS['rfc'].for_nfc(nfc, steps, "
+            "calibrate=fn), where fn(make, nfc) returns (threshold, info) (relcache bench and "
+            "demo do this), or ask for a budget: relcache.RFC(nfc=14, steps=50)"
+        )
+
+
+def check_scope(scope: object) -> None:
+    """Who decides together under RCS."""
+    if scope not in SCOPES:
+        raise ValueError(
+            f"scope must be one of {', '.join(SCOPES)}, got {scope!r}: 'row' decides per "
+            "batch row (the paper), 'sample' the CFG branches of a sample together, 'batch' "
+            "all rows of a call together"
+        )
+
+
+def check_budget(nfc: object, steps: object, warmup: int) -> None:
+    """A budget of ``nfc`` full steps per sample over ``steps`` steps."""
+    check_positive_int("steps", steps, "the sampler's number of steps, e.g. 50")
+    if isinstance(nfc, bool) or not isinstance(nfc, int):
+        raise ValueError(f"nfc must be an integer number of full steps, got {nfc!r}")
+    if not warmup <= nfc <= steps:
+        raise ValueError(
+            f"nfc must lie between the {warmup} warm-up steps and steps={steps}, got {nfc}"
+        )
+
+
+def scope_label(scope: str) -> str:
+    """A non-default scope in a method's label."""
+    return "" if scope == "row" else f" {scope}"
+
+
+def clamp_label(clamp: float | None) -> str:
+    """A clamp in a method's label."""
+    return "" if clamp is None else f" clamp {clamp:g}"
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,8 @@ class MethodEntry:
 
     @property
     def adaptive(self) -> bool:
-        """The schedule depends on the data (a threshold or a budget decides it)."""
-        return "threshold" in self.knobs or "nfc" in self.knobs
+        """The schedule depends on the data (its scheduler says so)."""
+        return self.example().adaptive
 
     def make(self, **values: object) -> CacheMethod:
         """The config for these knob values (None = the method's default)."""
@@ -84,9 +84,9 @@ class MethodEntry:
     def example(self, **values: object) -> CacheMethod:
         """A valid config with these knobs and placeholders for the schedule's (inspection,
         FLOPs: a step's cost does not depend on the interval or the threshold)."""
-        if self.adaptive and "threshold" in self.knobs:
+        if "threshold" in self.knobs and values.get("nfc") is None:
             placeholder = {"threshold": 1.0}
-        elif self.adaptive:
+        elif "nfc" in self.knobs:
             placeholder = {"nfc": 14, "steps": 50}
         elif "interval" in self.knobs and values.get("full_steps") is None:
             placeholder = {"interval": 4}

@@ -1,0 +1,62 @@
+"""Which modules of a model are cached, which one an input-watching scheduler sees, and how a
+module's input and a call's timestep are read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from relcache.caching.steps import Reading, read_timestep
+from relcache.caching.structure import first_tensor
+
+InputFn = Callable[[str, tuple, dict], Any]
+TimestepFn = Callable[[tuple, dict], "Reading | None"]
+
+
+def default_inputs(name: str, args: tuple, kwargs: dict) -> Tensor:
+    """A cached module's input I: its first tensor argument."""
+    x = first_tensor(args, kwargs)
+    if x is None:
+        raise TypeError(f"module {name!r} was called without a tensor argument")
+    return x
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Which modules of a model to cache and how to read their inputs."""
+
+    patterns: tuple[str, ...]
+    watch: str | None = None  # the module a scheduler sees before deciding; None: the first
+    inputs: InputFn = default_inputs
+    timestep: TimestepFn = read_timestep
+    slice_batch: bool = True  # run a partially-full step on the full rows only
+
+
+def match_modules(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the submodules whose full name matches one of ``patterns`` (re.fullmatch)."""
+    compiled = [re.compile(p) for p in patterns]
+    names = [n for n, _ in model.named_modules() if n and any(c.fullmatch(n) for c in compiled)]
+    if not names:
+        sample = [n for n, _ in model.named_modules() if n][:8]
+        raise ValueError(
+            f"no module of {type(model).__name__} matches the patterns {list(patterns)}; "
+            f"patterns are re.fullmatch'ed against named_modules(), e.g. {sample}"
+        )
+    return names
+
+
+def watched_module(names: list[str], watch: str | None) -> str:
+    """The cached module whose input a scheduler may see first: ``watch`` or the first."""
+    if watch is None:
+        return names[0]
+    hits = [n for n in names if re.fullmatch(watch, n)]
+    if not hits:
+        raise ValueError(
+            f"the RCS driver {watch!r} is not among the cached modules; pick one of "
+            f"{names[:4]} ..."
+        )
+    return hits[0]
