@@ -170,7 +170,7 @@ def flops_speedup(args, config, batch: int, stats) -> float:
         return 1.0
     if args.preset.lower().startswith("flux"):
         return args.steps / stats.nfc
-    from relcache.caching.flops import dit_flops
+    from relcache.evaluation.flops import dit_flops
 
     nfc = stats.nfc if config.adaptive else None
     full = dit_flops(args.preset, None, steps=args.steps, batch=2 * batch)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import relcache
-from relcache.caching.flops import StepCosts, dit_flops, step_costs
+from relcache.caching.flops import StepCosts
 from relcache.cli import main
+from relcache.evaluation.flops import dit_flops, step_costs
 from relcache.models import create_dit
 
 PAPER = {None: 23.74, 4: 6.66, 5: 5.24, 6: 4.76, 7: 3.82, 9: 3.35}

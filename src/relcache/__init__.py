@@ -22,7 +22,6 @@ from relcache.api import (
     reset,
     stats,
 )
-from relcache.caching.stats import CacheStats
 from relcache.caching.methods import (
     FORA,
     METHODS,
@@ -36,6 +35,7 @@ from relcache.caching.methods import (
     recommended,
     register_method,
 )
+from relcache.caching.stats import CacheStats
 
 __version__ = "0.1.0"
 

@@ -11,17 +11,17 @@ from typing import Any
 from torch import nn
 
 from relcache.adapters import ModelAdapter, find_adapter, supported_classes
+from relcache.caching.compiled import CompiledPath
 from relcache.caching.conflicts import (
     allow_enable_cache,
     refuse_enable_cache,
     refuse_foreign_caches,
 )
-from relcache.caching.compiled import CompiledPath
 from relcache.caching.engine import CacheEngine
+from relcache.caching.methods import CacheMethod
 from relcache.caching.stats import CacheStats
 from relcache.caching.taps import Observer, Tap
 from relcache.caching.targets import Targets
-from relcache.caching.methods import CacheMethod
 from relcache.sampling.hooks import register_run_hook, register_step_hook
 
 _ENGINE_ATTR = "_relcache_engine"
@@ -226,7 +226,7 @@ def is_applied(target: Any) -> bool:
 @contextlib.contextmanager
 def cache_context(target: Any, name: str) -> Iterator[None]:
     """Route the model calls inside to a named branch (e.g. "cond" / "uncond" passes)."""
-    with _engine(target).branch(name):
+    with _engine(target).caller.branch(name):
         yield
 
 
@@ -243,7 +243,7 @@ def at_step(target: Any, step: int) -> Iterator[None]:
     if engine is None:
         yield
         return
-    with engine.at_step(step):
+    with engine.caller.at_step(step):
         yield
 
 

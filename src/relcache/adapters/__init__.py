@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from relcache.caching.targets import InputFn, Targets, TimestepFn, default_inputs
 from relcache.caching.steps import read_timestep
+from relcache.caching.targets import InputFn, Targets, TimestepFn, default_inputs
 
 
 @dataclass(frozen=True)

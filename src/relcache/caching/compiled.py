@@ -107,8 +107,8 @@ class CompiledPath:
     def _not_called(self) -> None:
         self.captured.clear()
         raise RuntimeError(
-            f"the RCS driver {self.engine.watched!r} was not called by the model's forward; "
-            "pass driver= a cached module the model calls at every step"
+            f"the watched module {self.engine.watched!r} was not called by the model's "
+            "forward; pass relcache.apply(..., driver=) a cached module it calls at every step"
         )
 
     def end(self, br: BranchState) -> None:

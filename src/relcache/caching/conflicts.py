@@ -16,6 +16,20 @@ DIFFUSERS_CACHE_HOOKS = {
 }
 
 
+def refuse_shared_modules(
+    model: nn.Module, modules: dict[str, nn.Module], names: list[str]
+) -> None:
+    """A submodule another cached model shares (already wrapped) cannot be cached again."""
+    for name in names:
+        if getattr(modules[name].__dict__.get("forward"), "_relcache_wrapped", False):
+            raise ValueError(
+                f"module {name!r} of this {type(model).__name__} is already cached by relcache "
+                "through another model that shares it; a shared submodule can be cached by one "
+                "model only: relcache.remove() the other model first, or give each model its "
+                "own copy (copy.deepcopy)"
+            )
+
+
 def foreign_caches(model: nn.Module) -> list[str]:
     """Names of the other caches enabled on ``model`` or its submodules (empty: none)."""
     found: list[str] = []

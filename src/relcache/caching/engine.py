@@ -7,10 +7,8 @@ and how to predict live in schedulers.py and predictors.py; the compiled path in
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,15 +16,26 @@ from torch import Tensor, nn
 
 from relcache.caching import overflow, taylor
 from relcache.caching.compiled import CompiledPath, detached
-from relcache.caching.conflicts import refuse_foreign_caches
+from relcache.caching.conflicts import refuse_foreign_caches, refuse_shared_modules
 from relcache.caching.methods import CacheMethod
 from relcache.caching.schedulers import Decision
 from relcache.caching.state import BranchState
 from relcache.caching.stats import CacheStats, collect
-from relcache.caching.structure import as_tensors, flatten_output, rebuild_output, signature
-from relcache.caching.structure import take_rows
-from relcache.caching.taps import ModuleCall, Tap, phase
-from relcache.caching.targets import Targets, match_modules, watched_module
+from relcache.caching.steps import CallerPlace
+from relcache.caching.structure import (
+    as_tensors,
+    flatten_output,
+    rebuild_output,
+    signature,
+    take_rows,
+)
+from relcache.caching.taps import Tap, module_call, phase
+from relcache.caching.targets import (
+    Targets,
+    match_modules,
+    ran_before_watched,
+    watched_module,
+)
 from relcache.caching.trajectories import PerThread, Trajectories
 
 
@@ -36,8 +45,8 @@ class CacheEngine:
     def __init__(self, model: nn.Module, config: CacheMethod, targets: Targets) -> None:
         if not isinstance(config, CacheMethod):
             raise TypeError(
-                f"config must be a relcache method such as relcache.RFC(threshold=0.5), got "
-                f"{type(config).__name__}"
+                f"config must be a relcache method, a relcache.CacheMethod (see "
+                f"relcache.METHODS), got {type(config).__name__}"
             )
         self.model, self.config, self.targets = model, config, targets
         self.names = match_modules(model, targets.patterns)
@@ -49,7 +58,7 @@ class CacheEngine:
         self.rerunning = False  # a step rerun for rows whose prediction overflowed
         self._originals: dict[str, Any] = {}
         self._handles: list[Any] = []
-        self._local = threading.local()  # the calling thread's at_step / cache_context
+        self.caller = CallerPlace()  # the calling thread's at_step / cache_context
 
     @property
     def now(self) -> Trajectories:
@@ -67,19 +76,13 @@ class CacheEngine:
         """Wrap every target module's forward and hook the root call (hooks run eagerly);
         with ``compiled`` the wrappers are the ones torch.compile traces."""
         modules = dict(self.model.named_modules())
+        refuse_shared_modules(self.model, modules, self.names)
         self.compiled = compiled
-        for name in self.names:
-            if getattr(modules[name].__dict__.get("forward"), "_relcache_wrapped", False):
-                raise ValueError(
-                    f"module {name!r} of this {type(self.model).__name__} is already cached by "
-                    "relcache through another model that shares it; a shared submodule can be "
-                    "cached by one model only: relcache.remove() the other model first, or give "
-                    "each model its own copy (copy.deepcopy)"
-                )
+        wrap = compiled.wrapper if compiled else self._wrapper
         for name in self.names:
             mod = modules[name]
             self._originals[name] = mod.__dict__.get("forward")
-            mod.forward = compiled.wrapper(name, mod.forward) if compiled else self._wrapper(name, mod.forward)
+            mod.forward = wrap(name, mod.forward)
             mod.forward._relcache_wrapped = True
         begin = torch.compiler.disable(self._begin_call)
         end = torch.compiler.disable(self._end_call)
@@ -111,14 +114,15 @@ class CacheEngine:
         with phase(self.taps, "engine"):
             if now.active is not None:  # the previous call raised (e.g. KeyboardInterrupt)
                 self._discard(now)
-            at, context = getattr(self._local, "step", None), getattr(self._local, "context", None)
+            at, context = self.caller.step, self.caller.context
             place = now.tracker.place(self.targets.timestep, args, kwargs, now.steps(), at, context)
             if place.new_generation or not now.branches:
                 refuse_foreign_caches(self.model, "relcache cannot run this generation")
             if place.new_generation:
                 now.drop_automatic()
             br = now.branch(place, signature(args, kwargs), self._new_branch)
-            self._start_step(now, br, place.step)
+            now.open_step(br, place.step)
+            self._prepare(br)
             now.active = br
             if self.compiled:
                 self.compiled.begin(br, args, kwargs)
@@ -126,27 +130,6 @@ class CacheEngine:
     def _new_branch(self, key: Any, sig: tuple) -> BranchState:
         """A fresh trajectory: the method's scheduler and predictor, made for this branch."""
         return BranchState(key, self.config.scheduler(), self.config.predictor(), signature=sig)
-
-    def _start_step(self, now: Trajectories, br: BranchState, step: int | None) -> None:
-        """Open a step of ``br``: its number (``step`` from relcache.at_step, else the next
-        one), the scheduler's decision if it knows it before the model runs."""
-        if br.history.calls > 0 and not br.history.started:
-            raise RuntimeError(
-                f"no cached module ran during the first {br.history.calls} call(s) of this "
-                "trajectory; relcache needs the matched modules to run at every step (check "
-                "patterns=)"
-            )
-        if step is not None:
-            br.history.step = step
-        br.overflow = None
-        step = br.history.step
-        br.history.branches = sum(b.history.step in (step, step + 1) for b in now.branches.values())
-        br.decision = br.scheduler.begin(br.history)
-        if br.decision is None and br.scheduler.shares_across_branches:
-            lead = now.board.get(step)  # a branch that already decided this step leads
-            if lead is not None and lead[0] is not br and lead[2] == br.batch:
-                br.decision = lead[1]
-        self._prepare(br)
 
     def _prepare(self, br: BranchState) -> None:
         """Once the step's decision is known: the predictor's shared per-step work, eagerly."""
@@ -160,8 +143,7 @@ class CacheEngine:
             br.history.start_rows(inputs[0].shape[0], inputs[0].device)
         br.batch = inputs[0].shape[0]
         br.decision = br.scheduler.at_input(br.history, br.decision, detached(inputs))
-        if br.scheduler.shares_across_branches:
-            self.now.board.setdefault(br.history.step, (br, br.decision, br.batch))
+        self.now.post(br)
         self._prepare(br)
 
     def _discard(self, now: Trajectories) -> None:
@@ -228,11 +210,8 @@ class CacheEngine:
         return torch.compiler.disable(cached_forward)
 
     def undecided(self, name: str) -> None:
-        """A cached module ran before the watched module's scheduler decided the step."""
-        raise RuntimeError(
-            f"RCS needs its driver {self.watched!r} to run before {name!r} in each step; "
-            "pass driver= the first cached module called by the model"
-        )
+        """A cached module ran before the scheduler saw the watched module's input."""
+        raise RuntimeError(ran_before_watched(self.watched, name))
 
     def route(
         self, br: BranchState, name: str, forward: Callable, inputs: list[Tensor], args, kwargs
@@ -244,7 +223,7 @@ class CacheEngine:
             br.predictor.record(name, br.history, None, detached(outs), detached(inputs))
             br.full_calls[name] += 1
             for tap in self.taps:
-                tap.full(self._call(br, name, inputs, outs))
+                tap.full(module_call(br, name, inputs, outs))
             return out
         if not br.predictor.ready(name):
             raise RuntimeError(
@@ -258,14 +237,8 @@ class CacheEngine:
             return self._partial(br, name, forward, pred, inputs, args, kwargs)
         for tap in self.taps:
             run = lambda: flatten_output(forward(*args, **kwargs))[0]  # noqa: E731
-            pred = tap.cached(self._call(br, name, inputs, pred, run)) or pred
+            pred = tap.cached(module_call(br, name, inputs, pred, run)) or pred
         return rebuild_output(pred, br.templates[name])
-
-    def _call(self, br, name, inputs, outs, run=None) -> ModuleCall:
-        """A module call as taps see it."""
-        full = run is None and br.decision.all_full
-        anchor = lambda: br.predictor.anchor(name)  # noqa: E731
-        return ModuleCall(name, br.history.step, br.key.label, full, inputs, outs, anchor, run)
 
     def _partial(self, br, name, forward, pred, inputs, args, kwargs) -> Any:
         """Some rows are full: run them (alone if slicing is allowed) and merge."""
@@ -283,30 +256,7 @@ class CacheEngine:
         merged = [taylor.put_rows_(p, o.to(p.dtype), rows) for p, o in pairs]  # p: a fresh tensor
         return rebuild_output(merged, br.templates[name])
 
-    # ----- reporting and the caller's place -------------------------------------------------
+    # ----- reporting ------------------------------------------------------------------------
     def stats(self) -> CacheStats:
         """NFC (mean over rows and branches), full steps, per-module calls, peak cache bytes."""
         return collect(self.now, self.names, self.config.describe())
-
-    @contextlib.contextmanager
-    def branch(self, name: str) -> Iterator[None]:
-        """Route the calls inside to the named branch (e.g. "cond" / "uncond")."""
-        with self._place("context", name):
-            yield
-
-    @contextlib.contextmanager
-    def at_step(self, step: int) -> Iterator[None]:
-        """The calls inside are denoising step ``step`` (no timestep is read)."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"the step must be an integer >= 0, got {step!r}")
-        with self._place("step", step):
-            yield
-
-    @contextlib.contextmanager
-    def _place(self, what: str, value: Any) -> Iterator[None]:
-        previous = getattr(self._local, what, None)
-        setattr(self._local, what, value)
-        try:
-            yield
-        finally:
-            setattr(self._local, what, previous)

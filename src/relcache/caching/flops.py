@@ -1,4 +1,6 @@
-"""FLOPs of a whole generation, counted from shapes on the meta device (no weights, no data).
+"""FLOPs accounting's lowest floor: the op table of what caching adds, one call counted per
+module scope, and a generation's total from its step costs (no model, no method: counting a
+method on a model lives in ``relcache.evaluation.flops``).
 
 Convention (the official DiT/TaylorSeer counter's): matmul-class ops (linear, conv, attention
 matmuls) at 2 FLOPs per multiply-add, inside the transformer blocks only; the model's own
@@ -15,11 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-import relcache
-from relcache.caching.methods import CacheMethod
 
 aten = torch.ops.aten
 
@@ -39,7 +37,11 @@ def _per_output_element(flops_per_element: int) -> Callable[..., int]:
 
 
 # the reductions and differences that caching adds at cached steps (see module docstring)
-CACHE_OPS = {aten.linalg_vector_norm: _per_input_element(2), aten.sub: _per_output_element(1)}
+CACHE_OPS = {
+    aten.linalg_vector_norm: _per_input_element(2),
+    aten.sub: _per_output_element(1),
+    aten._cdist_forward: _per_input_element(3),  # p=1: a subtraction, then a norm's 2
+}
 
 
 @dataclass(frozen=True)
@@ -57,28 +59,13 @@ class StepCosts:
         return self.first + (nfc - 1) * self.full + (steps - nfc) * self.cached
 
 
-@dataclass(frozen=True)
-class FlopsReport:
-    """NFC and TFLOPs of one generation."""
-
-    nfc: float
-    tflops: float
-    full_step_gflops: float
-    cached_step_gflops: float
-    steps: int
-    method: str
-
-
-def count_steps(model: nn.Module, call: Callable[[int], None], steps: int, scope: str) -> list[int]:
-    """FLOPs of each of ``steps`` calls ``call(i)`` (step i), summed over modules ``scope``."""
-    per_step = []
-    for i in range(steps):
-        counter = FlopCounterMode(display=False, custom_mapping=CACHE_OPS)
-        with counter, relcache.at_step(model, i):  # meta tensors carry no timestep to read
-            call(i)
-        counts = counter.get_flop_counts()
-        per_step.append(sum(sum(c.values()) for k, c in counts.items() if _in_scope(k, scope)))
-    return per_step
+def count_call(call: Callable[[], object], scope: str) -> int:
+    """FLOPs of ``call()`` (matmul-class ops and ``CACHE_OPS``), summed over modules ``scope``."""
+    counter = FlopCounterMode(display=False, custom_mapping=CACHE_OPS)
+    with counter:
+        call()
+    counts = counter.get_flop_counts()
+    return sum(sum(c.values()) for k, c in counts.items() if _in_scope(k, scope))
 
 
 def _in_scope(key: str, scope: str) -> bool:
@@ -90,86 +77,3 @@ def _in_scope(key: str, scope: str) -> bool:
     return len(parts) == len(scope.split(".")) and all(
         s == "*" or s == p for s, p in zip(scope.split("."), parts, strict=False)
     )
-
-
-PROBE_STEPS = (0, 1, 2)  # steps 0-2 full (every order formed), step 3 cached
-
-
-def step_costs(
-    model: nn.Module,
-    config: CacheMethod | None,
-    call: Callable[[int], None],
-    scope: str,
-    rcs_input_shape: tuple[int, ...] | None = None,
-) -> StepCosts:
-    """Measure a method's full and cached step on ``model`` (build it on the meta device).
-
-    The method's predictor runs on the fixed probe schedule; its scheduler declares what its
-    decision adds at a cached step (RCS: the driver input's prediction and error).
-    """
-    probe = None if config is None else config.with_full_steps(PROBE_STEPS)
-    with relcache.cached(model, probe):
-        counts = count_steps(model, call, 4, scope)
-    cached = counts[3] if probe is not None else counts[2]
-    if config is not None and config.adaptive:
-        if rcs_input_shape is None:
-            raise ValueError("an adaptive schedule's FLOPs need the driver input's shape")
-        cached += config.scheduler().cached_step_flops(rcs_input_shape)
-    return StepCosts(first=counts[0], full=counts[2], cached=cached)
-
-
-def dit_flops(
-    preset: str,
-    config: CacheMethod | None,
-    *,
-    steps: int = 50,
-    nfc: float | None = None,
-    batch: int = 2,
-    input_size: int | None = None,
-) -> FlopsReport:
-    """TFLOPs of one ``steps``-step generation of a reference DiT preset (batch 2 = one CFG image).
-
-    ``nfc`` is required for RCS (its schedule depends on the data); otherwise it is the
-    method's own schedule length.
-    """
-    from relcache.models import create_dit
-
-    overrides = {"input_size": input_size} if input_size else {}
-    with torch.device("meta"):
-        model = create_dit(preset, **overrides)
-    cfg = model.config
-    x = torch.empty(batch, cfg.in_channels, cfg.input_size, cfg.input_size, device="meta")
-    y = torch.zeros(batch, dtype=torch.long, device="meta")
-    t = torch.zeros(batch, device="meta")
-
-    def call(i: int) -> None:
-        model(x, t, y)
-
-    tokens = (cfg.input_size // cfg.patch_size) ** 2
-    costs = step_costs(model, config, call, "blocks.*", (batch, tokens, cfg.hidden_size))
-    nfc = resolve_nfc(config, steps, nfc)
-    return FlopsReport(
-        nfc=nfc,
-        tflops=costs.total(steps, nfc) / 1e12,
-        full_step_gflops=costs.full / 1e9,
-        cached_step_gflops=costs.cached / 1e9,
-        steps=steps,
-        method="full compute" if config is None else config.describe(),
-    )
-
-
-def resolve_nfc(config: CacheMethod | None, steps: int, nfc: float | None) -> float:
-    """The NFC to account for: the schedule's length, or the stated one for RCS."""
-    if config is None:
-        return float(steps)
-    schedule = config.schedule(steps)
-    if schedule is None:
-        if nfc is None:
-            raise ValueError(
-                f"{config.describe()} decides its full steps from the data: state the budget "
-                "with nfc= (--nfc), or pass full_steps=[...] with rcs=False"
-            )
-        return float(nfc)
-    if nfc is not None and abs(nfc - len(schedule)) > 1e-9:
-        raise ValueError(f"nfc={nfc} contradicts the schedule's {len(schedule)} full steps")
-    return float(len(schedule))

@@ -29,8 +29,11 @@ Pipelines applied with ``relcache.apply(pipe, ...)`` also reset at every pipelin
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -256,3 +259,38 @@ class StepTracker:
 def _went_back(step: int, current: int | None) -> bool:
     """An explicit step before a branch's next one starts it over (``current``: its next)."""
     return current is not None and step < current
+
+
+class CallerPlace:
+    """What the calling thread says about its calls: ``relcache.at_step``'s step and
+    ``relcache.cache_context``'s branch name (thread-local: threads take turns on one model)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def step(self) -> int | None:
+        return getattr(self._local, "step", None)
+
+    @property
+    def context(self) -> str | None:
+        return getattr(self._local, "context", None)
+
+    def at_step(self, step: int) -> contextlib.AbstractContextManager:
+        """The calls inside are denoising step ``step`` (no timestep is read)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"the step must be an integer >= 0, got {step!r}")
+        return self._setting("step", step)
+
+    def branch(self, name: str) -> contextlib.AbstractContextManager:
+        """Route the calls inside to the named branch (e.g. "cond" / "uncond")."""
+        return self._setting("context", name)
+
+    @contextlib.contextmanager
+    def _setting(self, what: str, value: object) -> Iterator[None]:
+        previous = getattr(self._local, what, None)
+        setattr(self._local, what, value)
+        try:
+            yield
+        finally:
+            setattr(self._local, what, previous)

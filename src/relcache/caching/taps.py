@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -25,6 +26,13 @@ class ModuleCall:
     outputs: list[Tensor]  # what the module returned, or the prediction at a cached step
     anchor: Callable[[], list[Tensor] | None]  # the outputs at the last full step, if kept
     run: Callable[[], list[Tensor]] | None = None  # cached step: run the module for real
+
+
+def module_call(br: Any, name: str, inputs, outs, run=None) -> ModuleCall:
+    """A call of module ``name`` in branch ``br`` (a BranchState) as taps see it."""
+    full = run is None and br.decision.all_full
+    anchor = lambda: br.predictor.anchor(name)  # noqa: E731
+    return ModuleCall(name, br.history.step, br.key.label, full, inputs, outs, anchor, run)
 
 
 class Tap:

@@ -56,7 +56,14 @@ def watched_module(names: list[str], watch: str | None) -> str:
     hits = [n for n in names if re.fullmatch(watch, n)]
     if not hits:
         raise ValueError(
-            f"the RCS driver {watch!r} is not among the cached modules; pick one of "
-            f"{names[:4]} ..."
+            f"the driver {watch!r} is not among the cached modules; pick one of {names[:4]} ..."
         )
     return hits[0]
+
+
+def ran_before_watched(watched: str, name: str) -> str:
+    """The message when ``name`` ran before the watched module in a step."""
+    return (
+        f"the method decides each step at {watched!r}'s input, but {name!r} ran before it; "
+        "pass relcache.apply(..., driver=) the first cached module the model calls"
+    )

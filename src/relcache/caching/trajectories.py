@@ -33,9 +33,7 @@ class Trajectories:
         """Each branch's next step."""
         return {k: b.history.step for k, b in self.branches.items()}
 
-    def branch(
-        self, place: CallPlace, sig: tuple, make: Callable[..., BranchState]
-    ) -> BranchState:
+    def branch(self, place: CallPlace, sig: tuple, make: Callable[..., BranchState]) -> BranchState:
         """The branch this call continues, or a fresh one from ``make(key, sig)``."""
         br = None if place.restart else self.branches.get(place.branch)
         if br is not None and br.signature != sig:
@@ -47,6 +45,34 @@ class Trajectories:
                 self.drop_automatic()
             br = self.branches[place.branch] = make(place.branch, sig)
         return br
+
+    def open_step(self, br: BranchState, step: int | None) -> None:
+        """Open a step of ``br``: its number (``step`` from relcache.at_step, else the next
+        one), the scheduler's decision if it knows it before the model runs, or the decision
+        another branch took at this step when the scheduler shares it."""
+        if br.history.calls > 0 and not br.history.started:
+            raise RuntimeError(
+                f"no cached module ran during the first {br.history.calls} call(s) of this "
+                "trajectory; relcache needs the matched modules to run at every step (check "
+                "patterns=)"
+            )
+        if step is not None:
+            br.history.step = step
+        br.overflow = None
+        step = br.history.step
+        br.history.branches = sum(
+            b.history.step in (step, step + 1) for b in self.branches.values()
+        )
+        br.decision = br.scheduler.begin(br.history)
+        if br.decision is None and br.scheduler.shares_across_branches:
+            lead = self.board.get(step)  # a branch that already decided this step leads
+            if lead is not None and lead[0] is not br and lead[2] == br.batch:
+                br.decision = lead[1]
+
+    def post(self, br: BranchState) -> None:
+        """A decision taken at the watched input: the step's other branches may follow it."""
+        if br.scheduler.shares_across_branches:
+            self.board.setdefault(br.history.step, (br, br.decision, br.batch))
 
     def drop_automatic(self) -> None:
         """Forget the automatic branches (call0, call1, ...), keeping named contexts."""

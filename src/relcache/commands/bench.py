@@ -7,6 +7,8 @@ import dataclasses
 import math
 import shlex
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,10 +74,6 @@ def _peer_names(text: str) -> tuple[str, ...]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand."""
-    from relcache.commands.common import int_list, methods_help, name_list
-    from relcache.evaluation.settings import BenchSettings
-
-    d = BenchSettings()
     p = sub.add_parser(
         "bench",
         help="matched-budget benchmark of FORA / TaylorSeer / RFC and ablations, with analyses",
@@ -102,112 +100,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
 
-    g = p.add_argument_group("sampling and sweep")
-    g.add_argument("--steps", type=int, default=d.steps, help=f"DDIM steps (default {d.steps})")
-    g.add_argument(
-        "--cfg-scale", type=float, default=d.cfg_scale, help=f"CFG scale (default {d.cfg_scale})"
-    )
-    g.add_argument(
-        "--samples", type=int, default=d.samples, help=f"images per method (default {d.samples})"
-    )
-    g.add_argument("--seed", type=int, default=d.seed, help="first seed; image i uses seed + i")
-    g.add_argument(
-        "--methods",
-        type=name_list,
-        default=d.methods,
-        help=f"comma-separated (default {','.join(d.methods)}); a trailing number sets the "
-        f"order. Registered: {methods_help()}",
-    )
-    g.add_argument(
-        "--budgets",
-        type=int_list,
-        default=d.budgets,
-        help=f"target NFCs (default {','.join(map(str, d.budgets))}, the paper's at 50 steps)",
-    )
-    g.add_argument(
-        "--calibration-samples",
-        type=int,
-        default=d.calibration_samples,
-        help=f"images used to calibrate RCS thresholds (default {d.calibration_samples})",
-    )
-    g.add_argument(
-        "--calibration-seed",
-        type=int,
-        default=d.calibration_seed,
-        help="first seed of the calibration images, disjoint from the reported seeds "
-        f"(default {d.calibration_seed})",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help=f"images per forward batch, x2 rows with CFG (default {d.batch_size})",
-    )
-
-    g = p.add_argument_group(
-        "peers: other libraries' caches in the same run (pip install 'relcache[peers]')"
-    )
-    g.add_argument(
-        "--peers",
-        type=_peer_names,
-        default=(),
-        help="comma-separated peer names, or 'all' (registered: "
-        f"{', '.join(_registered_peers())}); each runs with its defaults and tuned to the "
-        "--peer-match method's measured FLOPs at every budget; every row then runs on the "
-        "shipped model converted to diffusers",
-    )
-    g.add_argument(
-        "--peer-match",
-        default=None,
-        help="the method (in --methods) whose FLOPs per budget the peers are tuned to "
-        "(default: the recommended configuration when benched, else the last method)",
-    )
-
-    g = p.add_argument_group("analyses and outputs")
-    g.add_argument(
-        "--analysis-samples",
-        type=int,
-        default=d.analysis_samples,
-        help=f"samples for the Fig. 1 analyses (default {d.analysis_samples})",
-    )
-    g.add_argument(
-        "--analysis-budget",
-        type=int,
-        default=None,
-        help="budget of the prediction-error analysis (default: the middle of --budgets)",
-    )
-    g.add_argument(
-        "--window-samples",
-        type=int,
-        default=d.window_samples,
-        help="samples for the step-window analysis (FD2FC, PSNR when caching only inside a "
-        f"window of steps; at most --samples are used; default {d.window_samples})",
-    )
-    g.add_argument("--no-analysis", action="store_true", help="skip the Fig. 1 analyses")
-    g.add_argument(
-        "--grid-columns", type=int, default=d.grid_columns, help="images per grid row (default 16)"
-    )
-    g.add_argument("--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
-    g.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=d.cache_dir,
-        help=f"where full-compute references are cached (default {d.cache_dir})",
-    )
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted bench in --out: runs already in results.json are skipped "
-        "(it must come from the same model and settings)",
-    )
-    g.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the bench already in --out (without it, a filled --out is refused)",
-    )
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_settings_options(p)
     p.set_defaults(func=run)
+
+
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option of ``BenchSettings`` (the one definition), in its help groups."""
+    from relcache.commands.common import methods_help
+    from relcache.evaluation.settings import OUTPUTS, BenchSettings, flag, option_fields
+
+    hints, defaults = typing.get_type_hints(BenchSettings), BenchSettings()
+    names = {"methods": methods_help(), "peers": ", ".join(_registered_peers())}
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in option_fields():
+        title, text = f.metadata["group"], f.metadata["help"].format(**names)
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        g = groups[title]
+        default = getattr(defaults, f.name)
+        if hints[f.name] is bool:
+            action = "store_false" if default else "store_true"
+            g.add_argument(flag(f.name), dest=f.name, action=action, help=text)
+        else:
+            kind = PARSERS.get(f.name) or _arg_type(hints[f.name])
+            text += _default_text(default)
+            g.add_argument(flag(f.name), dest=f.name, type=kind, default=default, help=text)
+    groups[OUTPUTS].add_argument(
+        "--no-cache", action="store_true", help="do not read or write the cache"
+    )
+
+
+def _arg_type(hint: object) -> Callable[[str], object]:
+    """The argparse ``type`` of a settings field: tuples comma-separated, ``X | None`` as X."""
+    from relcache.commands.common import int_list, name_list
+
+    if typing.get_origin(hint) is tuple:
+        return int_list if typing.get_args(hint)[0] is int else name_list
+    given = [a for a in typing.get_args(hint) if a is not type(None)]
+    return given[0] if given else hint
+
+
+def _default_text(default: object) -> str:
+    """`` (default X)`` for the help text; nothing when the field has no default value."""
+    if default is None or default == ():
+        return ""
+    text = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+    return f" (default {text})"
+
+
+PARSERS = {"peers": _peer_names}  # settings fields whose flag takes more than its type
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    """The settings the flags describe (model and device flags are not settings)."""
+    from relcache.evaluation.settings import BenchSettings, option_fields
+
+    values = {f.name: getattr(args, f.name) for f in option_fields()}
+    if args.no_cache:
+        values["cache_dir"] = None
+    return BenchSettings(**values, model_args=_model_args(args))
 
 
 def _model_args(args: argparse.Namespace) -> str:
@@ -251,33 +202,9 @@ def run(args: argparse.Namespace) -> int:
 
     from relcache.evaluation import distributed as dist
     from relcache.evaluation.bench import run_bench
-    from relcache.evaluation.settings import BenchSettings
     from relcache.shipped import load_classifier, load_model
 
-    settings = BenchSettings(
-        steps=args.steps,
-        cfg_scale=args.cfg_scale,
-        samples=args.samples,
-        seed=args.seed,
-        methods=args.methods,
-        budgets=args.budgets,
-        calibration_samples=args.calibration_samples,
-        calibration_seed=args.calibration_seed,
-        batch_size=args.batch_size,
-        peers=args.peers,
-        peer_match=args.peer_match,
-        analysis=not args.no_analysis,
-        analysis_samples=args.analysis_samples,
-        analysis_budget=args.analysis_budget,
-        window_samples=args.window_samples,
-        grid_columns=args.grid_columns,
-        out=args.out,
-        cache_dir=None if args.no_cache else args.cache_dir,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        model_args=_model_args(args),
-    )
+    settings = settings_from_args(args)
     _check_paths_and_device(args, settings)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

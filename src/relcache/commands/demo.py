@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     from relcache.commands.common import check_out_dir
     from relcache.evaluation.demo import DemoSettings, run_demo
-    from relcache.evaluation.report import format_table
     from relcache.evaluation.rows import to_json
+    from relcache.evaluation.tables import format_table
     from relcache.shipped import load_classifier, load_generator
 
     settings = DemoSettings(

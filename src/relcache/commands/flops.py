@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Count and print."""
-    from relcache.caching.flops import dit_flops
     from relcache.caching.methods import parse_method
+    from relcache.evaluation.flops import dit_flops
 
     check_at_least("--steps", args.steps, 1, "the default is 50")
     check_at_least("--batch", args.batch, 1, "2 is one image with CFG")

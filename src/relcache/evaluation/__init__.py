@@ -6,11 +6,13 @@
 - ``reference.py``: the full-compute reference, cached on disk.
 - ``metrics.py``: PSNR, SSIM, classifier features, Frechet distance, class accuracy.
 - ``quality.py``: one run's quality against the reference and the test set.
+- ``flops.py``: a generation's FLOPs with a method, counted on the meta device.
 - ``rows.py``: one result row per run (NFC, TFLOPs, time, memory, quality), for demo and bench.
 - ``analysis.py``: the paper's Fig. 1 measurements (prediction error, feature dynamics).
 - ``plots.py``: figures and image grids.
 - ``hot_path.py``: kernel launches and host syncs per step (the hot-path measures).
-- ``report.py``: text/Markdown tables; the bench report from results and settings alone.
+- ``tables.py``: text/Markdown tables of result rows.
+- ``report.py``: the bench report from results and settings alone.
 - ``settings.py``: the bench's validated settings.
 - ``bench.py``: the bench's orchestration (runs, resume, results.json).
 - ``demo.py``: the demo, a small preset of the bench.

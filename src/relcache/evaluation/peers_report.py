@@ -8,6 +8,7 @@ from pathlib import Path
 from relcache.evaluation import plots
 from relcache.evaluation.rows import finite
 from relcache.evaluation.settings import BenchSettings
+from relcache.evaluation.tables import format_markdown
 
 PEER_COLUMNS = (
     "label", "gflops", "flops_speedup", "ms_per_image", "wall_speedup", "psnr", "ssim", "fd2fc",
@@ -86,8 +87,6 @@ def _benched(s: BenchSettings) -> list:
 
 def format_rows(rows: list[dict]) -> str:
     """A Markdown table of the peer columns."""
-    from relcache.evaluation.report import format_markdown
-
     return format_markdown(rows, PEER_COLUMNS, PEER_FORMATS)
 
 

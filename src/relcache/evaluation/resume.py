@@ -11,19 +11,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from relcache.evaluation.settings import BenchSettings
+from relcache.evaluation.settings import BenchSettings, flag
 
 RESULTS = "results.json"
 
 # result-key field -> the flag that sets it, for the mismatch message
 FLAGS = {
-    "steps": "--steps",
-    "cfg_scale": "--cfg-scale",
-    "samples": "--samples",
-    "seed": "--seed",
-    "calibration_samples": "--calibration-samples",
-    "calibration_seed": "--calibration-seed",
-    "batch_size": "--batch-size",
+    **{name: flag(name) for name in BenchSettings.RESULT_FIELDS},
     "model": "--checkpoint / --preset / --preset-overrides / --init-seed",
     "device": "--device",
 }

@@ -8,8 +8,9 @@ import math
 import torch
 from torch import nn
 
-from relcache.caching.flops import StepCosts, step_costs
+from relcache.caching.flops import StepCosts
 from relcache.caching.methods import CacheMethod
+from relcache.evaluation.flops import step_costs
 from relcache.evaluation.quality import Quality
 from relcache.evaluation.runner import Generation
 

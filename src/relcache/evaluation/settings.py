@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 
 from relcache.caching.methods import RECOMMENDED
@@ -24,31 +24,112 @@ def check_finite(flag: str, value: float, minimum: float, hint: str) -> None:
         raise ValueError(f"{flag} must be a finite number >= {minimum:g}, got {value!r}; {hint}")
 
 
+SWEEP = "sampling and sweep"
+PEERS = "peers: other libraries' caches in the same run (pip install 'relcache[peers]')"
+OUTPUTS = "analyses and outputs"
+
+
+def option(group: str, help: str, flag: str | None = None) -> dict[str, str | None]:
+    """A settings field's command-line option: its help group and text, its flag when not
+    ``--field-name``. ``{methods}`` / ``{peers}`` in the text: the registered names."""
+    return {"group": group, "help": help, "flag": flag}
+
+
 @dataclass(frozen=True)
 class BenchSettings:
-    """Everything that defines a bench; the ``RESULT_FIELDS`` define its numbers (resume)."""
+    """Everything that defines a bench; the ``RESULT_FIELDS`` define its numbers (resume).
 
-    steps: int = 50
-    cfg_scale: float = 3.0
-    samples: int = 1000
-    seed: int = 0
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    budgets: tuple[int, ...] = (14, 11, 10, 8, 7)
-    calibration_samples: int = 32
-    calibration_seed: int = 100_000  # calibration images: seeds from here, disjoint from report's
-    batch_size: int = 64
-    analysis: bool = True
-    analysis_samples: int = 4
-    analysis_budget: int | None = None  # None: the middle budget
-    window_samples: int = 64  # images of the step-window analysis (FD2FC needs more than 4)
-    grid_columns: int = 16
-    out: Path = field(default_factory=lambda: Path("relcache_bench"))
-    cache_dir: Path | None = field(default_factory=lambda: Path.home() / ".cache" / "relcache")
-    resume: bool = False
-    overwrite: bool = False  # replace the results.json of an earlier bench in ``out``
-    progress: bool = True
-    peers: tuple[str, ...] = ()  # other libraries' caches (relcache.peers), on the diffusers DiT
-    peer_match: str | None = None  # the method whose measured FLOPs the peers are tuned to
+    The one definition of the bench's settings: ``relcache bench`` makes one flag per field
+    with an :func:`option` (type from the annotation, default from the field) and builds the
+    settings from them."""
+
+    steps: int = field(default=50, metadata=option(SWEEP, "DDIM steps"))
+    cfg_scale: float = field(default=3.0, metadata=option(SWEEP, "CFG scale"))
+    samples: int = field(default=1000, metadata=option(SWEEP, "images per method"))
+    seed: int = field(default=0, metadata=option(SWEEP, "first seed; image i uses seed + i"))
+    methods: tuple[str, ...] = field(
+        default=DEFAULT_METHODS,
+        metadata=option(
+            SWEEP, "comma-separated; a trailing number sets the order. Registered: {methods}"
+        ),
+    )
+    budgets: tuple[int, ...] = field(
+        default=(14, 11, 10, 8, 7), metadata=option(SWEEP, "target NFCs (the paper's at 50 steps)")
+    )
+    calibration_samples: int = field(
+        default=32, metadata=option(SWEEP, "images used to calibrate RCS thresholds")
+    )
+    calibration_seed: int = field(  # calibration images: seeds from here, disjoint from report's
+        default=100_000,
+        metadata=option(
+            SWEEP, "first seed of the calibration images, disjoint from the reported seeds"
+        ),
+    )
+    batch_size: int = field(
+        default=64, metadata=option(SWEEP, "images per forward batch, x2 rows with CFG")
+    )
+    peers: tuple[str, ...] = field(  # other libraries' caches (relcache.peers), on diffusers' DiT
+        default=(),
+        metadata=option(
+            PEERS,
+            "comma-separated peer names, or 'all' (registered: {peers}); each runs with its "
+            "defaults and tuned to the --peer-match method's measured FLOPs at every budget; "
+            "every row then runs on the shipped model converted to diffusers",
+        ),
+    )
+    peer_match: str | None = field(  # the method whose measured FLOPs the peers are tuned to
+        default=None,
+        metadata=option(
+            PEERS,
+            "the method (in --methods) whose FLOPs per budget the peers are tuned to "
+            "(default: the recommended configuration when benched, else the last method)",
+        ),
+    )
+    analysis: bool = field(
+        default=True, metadata=option(OUTPUTS, "skip the Fig. 1 analyses", "--no-analysis")
+    )
+    analysis_samples: int = field(
+        default=4, metadata=option(OUTPUTS, "samples for the Fig. 1 analyses")
+    )
+    analysis_budget: int | None = field(  # None: the middle budget
+        default=None,
+        metadata=option(
+            OUTPUTS, "budget of the prediction-error analysis (default: the middle of --budgets)"
+        ),
+    )
+    window_samples: int = field(  # images of the step-window analysis (FD2FC needs more than 4)
+        default=64,
+        metadata=option(
+            OUTPUTS,
+            "samples for the step-window analysis (FD2FC, PSNR when caching only inside a "
+            "window of steps; at most --samples are used)",
+        ),
+    )
+    grid_columns: int = field(default=16, metadata=option(OUTPUTS, "images per grid row"))
+    out: Path = field(
+        default_factory=lambda: Path("relcache_bench"), metadata=option(OUTPUTS, "output folder")
+    )
+    cache_dir: Path | None = field(  # None: --no-cache
+        default_factory=lambda: Path.home() / ".cache" / "relcache",
+        metadata=option(OUTPUTS, "where full-compute references are cached"),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=option(
+            OUTPUTS,
+            "continue an interrupted bench in --out: runs already in results.json are "
+            "skipped (it must come from the same model and settings)",
+        ),
+    )
+    overwrite: bool = field(  # replace the results.json of an earlier bench in ``out``
+        default=False,
+        metadata=option(
+            OUTPUTS, "replace the bench already in --out (without it, a filled --out is refused)"
+        ),
+    )
+    progress: bool = field(
+        default=True, metadata=option(OUTPUTS, "hide progress bars", "--no-progress")
+    )
     model_name: str = "shipped DiT-FM"
     model_args: str = ""  # the model-selecting flags, for the command line in report.md
 
@@ -181,3 +262,14 @@ class BenchSettings:
             parts.append("--no-analysis")
         parts += ["--out", str(self.out)]
         return shlex.join(parts)
+
+
+def option_fields() -> list[Field]:
+    """The settings fields that are command-line options, in flag order."""
+    return [f for f in fields(BenchSettings) if "group" in f.metadata]
+
+
+def flag(name: str) -> str:
+    """The command-line flag that sets the settings field ``name``."""
+    meta = next(f.metadata for f in fields(BenchSettings) if f.name == name)
+    return meta.get("flag") or "--" + name.replace("_", "-")

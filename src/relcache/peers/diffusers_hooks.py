@@ -67,11 +67,8 @@ class DiffusersPeer(Peer):
     def remove(self, transformer: nn.Module) -> None:
         """Remove every hook this peer registered (``disable_cache`` does the same, by name)."""
         registry = _registry(transformer)
-        registry.invalidate_child_registries_cache()
-        names = set(registry._hook_order)
-        for child in registry._get_child_registries():
-            names |= set(child._hook_order)
-        for name in names:
+        names = {name for child in _registries(transformer) for name in child.hooks}
+        for name in sorted(names):
             registry.remove_hook(name, recurse=True)
         registry.invalidate_child_registries_cache()
 
@@ -81,21 +78,19 @@ class DiffusersPeer(Peer):
 
     @contextlib.contextmanager
     def step(self, transformer: nn.Module, info: StepInfo) -> Iterator[None]:
-        """The pipeline's ``cache_context("cond", step_index=..., sigma=...)`` around a call."""
-        from diffusers.hooks.hooks import CacheContext, _set_cache_context
+        """The pipeline's ``cache_context("cond", step_index=..., sigma=...)`` around a call
+        (``CacheMixin.cache_context``: the DiT model has no ``CacheMixin`` to call it on)."""
+        from diffusers import CacheMixin
 
         self._now["t"] = info.timestep
-        context = CacheContext("cond", step_index=info.index, num_inference_steps=info.steps,
-                               timestep=info.timestep, sigma=info.sigma)  # fmt: skip
-        _set_cache_context(transformer, context)
-        try:
+        with CacheMixin.cache_context(transformer, "cond", step_index=info.index,
+                                      num_inference_steps=info.steps, timestep=info.timestep,
+                                      sigma=info.sigma):  # fmt: skip
             yield
-        finally:
-            _set_cache_context(transformer, None)
 
     def cache_roots(self, transformer: nn.Module) -> list[Any]:
         """The hook registries (their states hold the cached tensors)."""
-        return [m._diffusers_hook for m in transformer.modules() if hasattr(m, "_diffusers_hook")]
+        return _registries(transformer)
 
 
 @dataclass
@@ -144,6 +139,14 @@ def _registry(transformer: nn.Module) -> Any:
     from diffusers.hooks import HookRegistry
 
     return HookRegistry.check_if_exists_or_initialize(transformer)
+
+
+def _registries(transformer: nn.Module) -> list[Any]:
+    """The ``HookRegistry`` of every module that has one, found by type, not attribute name."""
+    from diffusers.hooks import HookRegistry
+
+    found = (v for m in transformer.modules() for v in vars(m).values())
+    return [v for v in found if isinstance(v, HookRegistry)]
 
 
 def _fields(cls: type) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from relcache.caching.methods.base import CacheMethod, Composed
 from relcache.caching.methods.budget import Budget
 from relcache.caching.methods.fora import FORA
+from relcache.caching.methods.rcs import RCS
 from relcache.caching.methods.registry import (
     KNOBS,
     METHODS,
@@ -18,7 +19,6 @@ from relcache.caching.methods.registry import (
     parse_method,
     register_method,
 )
-from relcache.caching.methods.rcs import RCS
 from relcache.caching.methods.rfc import RFC
 from relcache.caching.methods.rfe import RFE
 from relcache.caching.methods.taylorseer import TaylorSeer

@@ -48,4 +48,6 @@ class Budget(CacheMethod):
         return RelationalPredictor(self.order, self.clamp)
 
     def describe(self) -> str:
-        return f"RFC m={self.order}{scope_label(self.scope)} NFC {self.nfc}{clamp_label(self.clamp)}"
+        return (
+            f"RFC m={self.order}{scope_label(self.scope)} NFC {self.nfc}{clamp_label(self.clamp)}"
+        )

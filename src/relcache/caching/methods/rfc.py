@@ -93,7 +93,9 @@ def _ablation(
     kw = {k: v for k, v in kw.items() if k not in ("interval", "full_steps", "first")}
     if kw.get("nfc") is not None:
         if threshold is not None:
-            raise ValueError("pass either threshold= (the paper's RCS) or nfc= (a budget), not both")
+            raise ValueError(
+                "pass either threshold= (the paper's RCS) or nfc= (a budget), not both"
+            )
         if not rfe:
             raise ValueError("budget mode predicts with RFE; drop rfe=False")
         return Budget(**same, **kw)
