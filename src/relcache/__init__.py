@@ -35,6 +35,7 @@ from relcache.caching.methods import (
     recommended,
     register_method,
 )
+from relcache.caching.parallel import Parallel
 from relcache.caching.stats import CacheStats
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FORA",
     "METHODS",
+    "Parallel",
     "RCS",
     "RFC",
     "RFE",

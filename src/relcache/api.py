@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from relcache.adapters import ModelAdapter, find_adapter, supported_classes
+from relcache.caching import parallel
 from relcache.caching.compiled import CompiledPath
 from relcache.caching.conflicts import (
     allow_enable_cache,
@@ -85,8 +86,15 @@ def apply(
     *,
     patterns: str | list[str] | tuple[str, ...] | None = None,
     driver: str | None = None,
+    process_group: Any = None,
 ) -> Any:
-    """Cache ``target`` (a model or a diffusers pipeline) with ``config``; returns ``target``."""
+    """Cache ``target`` (a model or a diffusers pipeline) with ``config``; returns ``target``.
+
+    ``process_group``: the ranks that split each sample's tokens (context parallelism), whose
+    partial sums relcache adds up so every rank decides alike, or a ``relcache.Parallel``; by
+    default the model's diffusers context-parallel group, if any (README "Several GPUs").
+    """
+    group = parallel.as_parallel(process_group)
     model = resolve_model(target)
     if hasattr(model, _ENGINE_ATTR):
         raise ValueError(
@@ -99,6 +107,7 @@ def apply(
         adapter.prepare(model)
     engine = CacheEngine(model, config, targets)
     engine.adapter = adapter
+    engine.process_group = group
     try:
         engine.attach()
     except ValueError:
@@ -138,6 +147,7 @@ def compile(  # noqa: A001 - relcache.compile mirrors torch.compile
 
     model = resolve_model(target)
     engine = _engine(model)
+    parallel.refuse_compile(model, engine.process_group)
     if engine.taps:
         raise ValueError("relcache.observe runs eagerly; leave the observe() block first")
     if engine.compiled is None:  # the instance's own forward, if any: remove() restores it

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relcache.caching import overflow, taylor
+from relcache.caching import overflow, parallel, taylor
 from relcache.caching.compiled import CompiledPath, detached
 from relcache.caching.conflicts import refuse_foreign_caches, refuse_shared_modules
-from relcache.caching.methods import CacheMethod
+from relcache.caching.methods.base import CacheMethod, check_method
 from relcache.caching.schedulers import Decision
 from relcache.caching.state import BranchState
 from relcache.caching.stats import CacheStats, collect
@@ -43,11 +43,7 @@ class CacheEngine:
     """Holds a model's cache config, its wrapped modules and each thread's trajectories."""
 
     def __init__(self, model: nn.Module, config: CacheMethod, targets: Targets) -> None:
-        if not isinstance(config, CacheMethod):
-            raise TypeError(
-                f"config must be a relcache method, a relcache.CacheMethod (see "
-                f"relcache.METHODS), got {type(config).__name__}"
-            )
+        check_method(config)
         self.model, self.config, self.targets = model, config, targets
         self.names = match_modules(model, targets.patterns)
         self.watched = watched_module(self.names, targets.watch)
@@ -55,9 +51,9 @@ class CacheEngine:
         self.taps: list[Tap] = []  # analysis (relcache.observe, the hot-path counter)
         self.compiled: CompiledPath | None = None  # relcache.compile's mode
         self.adapter: Any = None  # the ModelAdapter that chose the targets, if any
+        self.process_group: parallel.Parallel | None = None  # apply(process_group=)
         self.rerunning = False  # a step rerun for rows whose prediction overflowed
-        self._originals: dict[str, Any] = {}
-        self._handles: list[Any] = []
+        self._originals, self._handles = {}, []  # the modules' own forwards, the root hooks
         self.caller = CallerPlace()  # the calling thread's at_step / cache_context
 
     @property
@@ -111,6 +107,7 @@ class CacheEngine:
     # ----- a root call: its branch and step -------------------------------------------------
     def _begin_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         now = self.threads.claim(type(self.model).__name__)
+        parallel.enter(self.model, self.process_group)  # this call's reductions, until the end
         with phase(self.taps, "engine"):
             if now.active is not None:  # the previous call raised (e.g. KeyboardInterrupt)
                 self._discard(now)
@@ -133,6 +130,7 @@ class CacheEngine:
 
     def _prepare(self, br: BranchState) -> None:
         """Once the step's decision is known: the predictor's shared per-step work, eagerly."""
+        parallel.check_decision(br.decision, br.history.step)  # debug: the same on every rank
         if br.decision is not None and not br.decision.all_full:
             with phase(self.taps, "step_work"):
                 br.predictor.prepare(br.history)
@@ -148,6 +146,7 @@ class CacheEngine:
 
     def _discard(self, now: Trajectories) -> None:
         now.discard_failed()
+        parallel.leave()
         if self.compiled:
             self.compiled.captured.clear()
 
@@ -166,6 +165,7 @@ class CacheEngine:
                 self.compiled.end(br)
             out = overflow.rerun(br, out, lambda d: self._rerun(br, d, args, kwargs))
             now.active = None
+            parallel.leave()
             decision = br.decision
             any_full = decision is not None and decision.any_full
             br.history.advance(None if decision is None else decision.rows, any_full)

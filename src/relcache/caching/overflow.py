@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from relcache.caching import parallel
 from relcache.caching.schedulers import FULL, Decision
 from relcache.caching.state import BranchState
 from relcache.caching.structure import merge_rows, take_rows
@@ -41,7 +42,7 @@ def rerun(br: BranchState, out: Any, run_rows: Callable[[Decision], Any]) -> Any
     prior = br.decision
     if prior.rows is not None:  # rows already full this step computed their outputs
         bad = bad.index_fill(0, prior.rows, False)
-    rows = bad.nonzero()[:, 0]  # (n,) the one host read
+    rows = parallel.any_rows(bad).nonzero()[:, 0]  # (n,) the one host read; every rank's rows
     if rows.shape[0] == 0:
         return out
     br.nonfinite_predictions += rows.shape[0]

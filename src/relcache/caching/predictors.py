@@ -164,13 +164,13 @@ class RelationalPredictor(TaylorPredictor):
         news = self._record_factors(name, history, rows, outputs)  # per output (b, m+1, N)
         st = self.relational.setdefault(name, RelationalState())
         gap, n_full = history.gaps(rows)  # (b,)
-        in_delta = self._record_input(st, inputs, rows)  # (b,) ||I(i) - I(j)||
+        in_delta = self._record_input(st, inputs, rows)  # (b,) ||I(i) - I(j)|| (local tokens)
+        in_delta, grams = rel.full_step_terms(in_delta, news)  # (b,), (b, m, m) fp64 each
         if not st.slots:
             st.slots = list(range(len(self.ratios), len(self.ratios) + len(outputs)))
             self.ratios += [None] * len(outputs)
             self.grams += [None] * len(outputs)
-        for new, slot in zip(news, st.slots, strict=True):
-            gram = rel.increment_gram(new)  # (b, m, m) fp64
+        for gram, slot in zip(grams, st.slots, strict=True):
             # f1 = (O(i) - O(j)) / d, so ||O(i) - O(j)|| = d ||f1|| (no pass over the outputs)
             out_delta = gram[:, 0, 0].sqrt().to(in_delta.dtype) * gap  # (b,)
             ratio = rel.relational_ratio(out_delta, in_delta)  # (b,)
@@ -222,7 +222,8 @@ class RelationalPredictor(TaylorPredictor):
 
     def coefficients(self, name, history, inputs) -> list[Tensor]:
         st, plan = self.relational[name], self._plan  # prepared: no step is read here
-        change = input_change(inputs, st.last_input, self.scratch)[:, None]  # (B, 1)
+        local = input_change(inputs, st.last_input, self.scratch)  # (B,) this rank's tokens
+        change = rel.global_norm(local)[:, None]  # (B, 1) every rank's tokens
         if self.clamp is None:
             return [torch.addcmul(plan.base[j], change, plan.gain[j]) for j in st.slots]
         alphas = [

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from relcache.caching import parallel
 from relcache.caching.taylor import accum
 
 
@@ -28,6 +29,21 @@ def increment_gram(factors: Tensor) -> Tensor:
     """
     inc = factors[:, 1:]  # (B, m, N) a view
     return torch.bmm(inc, inc.transpose(1, 2)).double()  # (B, m, m)
+
+
+def full_step_terms(in_delta: Tensor, factors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """A full step's ||I(i) - I(j)|| and the Gram matrix of each output over every token: under
+    context parallelism from this rank's norm and Gram terms, in one collective (§3 RFE).
+
+    in_delta: (B,) this rank's norm; factors: per output (B, m+1, N). Returns (B,), [(B, m, m)].
+    """
+    in_delta, *grams = parallel.norm_rows(in_delta, *map(increment_gram, factors))
+    return in_delta, grams
+
+
+def global_norm(local: Tensor) -> Tensor:
+    """Per-row 2-norm over every token from this rank's (§3 RFE, e.g. ||I - I(i)||). (B,)"""
+    return parallel.norm_rows(local)[0]
 
 
 def relational_ratio(out_delta: Tensor, in_delta: Tensor) -> Tensor:
@@ -64,11 +80,12 @@ def _first_order(taylor: Tensor) -> Tensor:
 
 def l1_error_terms(actual: Tensor, predicted: Tensor) -> tuple[Tensor, Tensor]:
     """RCS's error as its two sums per sample, ||I0 - I0_hat||_1 and ||I0||_1 (§3), in the
-    prediction's precision (fp32+ whatever the model's dtype). (B, ...), (B, N) -> (B,), (B,)"""
+    prediction's precision (fp32+ whatever the model's dtype); under context parallelism both
+    sums run over every rank's tokens (one collective). (B, ...), (B, N) -> (B,), (B,)"""
     flat = actual.reshape(actual.shape[0], -1).to(predicted.dtype)  # (B, N)
     num = torch.cdist(flat[:, None], predicted[:, None], p=1)[:, 0, 0]  # (B,) one kernel
     den = torch.linalg.vector_norm(flat, ord=1, dim=1)  # (B,)
-    return num, den
+    return parallel.sum_rows(num, den)  # over the sequence group's tokens (context parallelism)
 
 
 def relative_l1_error(actual: Tensor, predicted: Tensor) -> Tensor:

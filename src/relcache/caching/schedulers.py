@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from relcache.caching import parallel, taylor
 from relcache.caching import relational as rel
-from relcache.caching import taylor
 from relcache.caching.history import History
 
 
@@ -146,8 +146,12 @@ def share(values: Tensor, scope: str, paired: bool) -> Tensor:
 
     "row": each row alone; "sample": a classifier-free-guidance pair, rows j and j + B/2 of a
     doubled batch (``paired``; across sequential calls the branches share through the engine
-    instead); "batch": every row of the call.
+    instead); "batch": every row of the call. With the CFG branches on different ranks (a
+    ``cfg`` group, :mod:`relcache.caching.parallel`) a pair is row j of each rank's call.
     """
+    across = None if scope == "row" else parallel.max_over_cfg(values)  # (B,) or None
+    if across is not None:
+        return across.max().expand_as(across) if scope == "batch" else across
     if scope == "batch":
         return values.max().expand_as(values)
     if scope == "sample" and paired:

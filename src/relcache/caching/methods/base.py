@@ -173,6 +173,15 @@ def clamp_label(clamp: float | None) -> str:
     return "" if clamp is None else f" clamp {clamp:g}"
 
 
+def check_method(config: object) -> None:
+    """What relcache.apply caches with must be a method config."""
+    if not isinstance(config, CacheMethod):
+        raise TypeError(
+            f"config must be a relcache method, a relcache.CacheMethod (see relcache.METHODS), "
+            f"got {type(config).__name__}"
+        )
+
+
 @dataclass(frozen=True)
 class CacheMethod:
     """Base config: subclasses are frozen dataclasses validated in ``__post_init__``."""
