@@ -219,7 +219,7 @@ def test_method_knobs_refuse_non_finite_values() -> None:
 def test_scope_help_choices_and_errors_name_sample(capsys) -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["generate"]
     scope = next(a for a in sub._actions if a.dest == "scope")
-    assert tuple(scope.choices) == SCOPES and "sample (the CFG" in scope.help
+    assert tuple(scope.choices) == SCOPES and "sample (the default" in scope.help
     assert "invalid choice" in _error(["flops", "--method", "rfc", "--scope", "pixel"], capsys)
     with pytest.raises(ValueError, match="'sample' the CFG branches"):
         relcache.RFC(threshold=0.1, scope="pixel")

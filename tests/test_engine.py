@@ -121,7 +121,7 @@ def test_rows_are_independent_of_batch_mates() -> None:
 def test_sequential_cfg_keeps_branches_apart() -> None:
     """Two calls per step (cond, uncond) at the same timestep == one doubled batch."""
     model, xs = _model(), _inputs(20, batch=4)
-    relcache.apply(model, relcache.RFC(threshold=0.15), patterns=PATTERNS)
+    relcache.apply(model, relcache.RFC(threshold=0.15, scope="row"), patterns=PATTERNS)
     with torch.no_grad():
         doubled = run_trajectory(model, xs)
         nfc_doubled = relcache.stats(model).nfc_per_sample["call0"]
@@ -381,11 +381,12 @@ def test_budget_mode_gives_exactly_the_budget_to_every_row() -> None:
 
 def test_sample_scope_pairs_cfg_rows_and_sequential_branches() -> None:
     model, xs = _model(), _inputs(30, batch=4)  # rows move at four different paces
-    doubled = [torch.cat([x[:2], x[2:]]) for x in xs]  # rows j and j + 2: one sample's branches
-    for scope in ("row", "sample"):
+    for scope in ("row", "sample"):  # batched CFG: equal halves of latents, other conditioning
         cfg = relcache.RFC(order=1, threshold=0.4, scope=scope)
         with relcache.cached(model, cfg, patterns=PATTERNS), torch.no_grad():
-            run_trajectory(model, doubled)
+            for i, x in enumerate(xs):
+                y = torch.cat([torch.zeros_like(x[:2]), x[2:] - x[:2]])  # (4, ...)
+                model(torch.cat([x[:2], x[:2]]), torch.full((4,), 30.0 - i), y)
             rows = relcache.stats(model).nfc_per_sample["call0"]
         paired = rows[0] == rows[2] and rows[1] == rows[3]
         assert paired == (scope == "sample")
@@ -401,6 +402,23 @@ def test_sample_scope_pairs_cfg_rows_and_sequential_branches() -> None:
         assert same == (scope == "sample")
         if scope == "sample":
             assert st.full_steps["call0"] == st.full_steps["call1"]
+
+
+def test_sample_scope_keeps_samples_without_cfg_independent() -> None:
+    """The default scope pairs rows only in a CFG-doubled batch: four samples without guidance
+    (unequal halves) take the schedules they take alone."""
+    model, xs = _model(), _inputs(30, batch=4)
+    cfg = relcache.RFC(order=1, threshold=0.4)
+    with relcache.cached(model, cfg, patterns=PATTERNS), torch.no_grad():
+        together = run_trajectory(model, xs)
+        rows = relcache.stats(model).schedules["call0"]
+    for j in range(4):
+        with relcache.cached(model, cfg, patterns=PATTERNS), torch.no_grad():
+            alone = run_trajectory(model, [x[j : j + 1] for x in xs])
+            assert relcache.stats(model).schedules["call0"] == [rows[j]]
+        pairs = zip(together, alone, strict=True)
+        assert all(torch.allclose(a[j : j + 1], b, atol=1e-12) for a, b in pairs)
+    assert len({tuple(r) for r in rows}) > 1  # the rows did decide differently
 
 
 def test_teacher_forced_observation_keeps_the_exact_trajectory() -> None:

@@ -46,10 +46,10 @@ def methods(threshold: float) -> dict[str, relcache.CacheMethod]:
         "fora": relcache.FORA(interval=3),
         "taylorseer": relcache.TaylorSeer(interval=3),
         "rfe": relcache.RFC(rcs=False, interval=3),
-        "rfc-row": relcache.RFC(threshold=threshold),
+        "rfc-row": relcache.RFC(threshold=threshold, scope="row"),
         "rfc-sample": relcache.RFC(threshold=threshold, scope="sample"),
         "rfc-batch": relcache.RFC(threshold=threshold, scope="batch"),
-        "budget": relcache.RFC(nfc=5, steps=STEPS),
+        "budget": relcache.RFC(nfc=5, steps=STEPS, scope="row"),
     }
 
 

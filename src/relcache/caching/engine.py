@@ -24,6 +24,7 @@ from relcache.caching.stats import CacheStats, collect
 from relcache.caching.steps import CallerPlace
 from relcache.caching.structure import (
     as_tensors,
+    cfg_doubled,
     flatten_output,
     rebuild_output,
     signature,
@@ -118,6 +119,8 @@ class CacheEngine:
             if place.new_generation:
                 now.drop_automatic()
             br = now.branch(place, signature(args, kwargs), self._new_branch)
+            if br.history.calls == 0:  # a new trajectory: is its batch CFG-doubled?
+                br.history.paired = cfg_doubled(args, kwargs)
             now.open_step(br, place.step)
             self._prepare(br)
             now.active = br

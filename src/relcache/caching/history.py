@@ -21,6 +21,7 @@ class History:
     last_full: Tensor | None = None  # (B,) step index of each row's last full step
     full_steps: list[int] = field(default_factory=list)  # steps where any row ran fully
     branches: int = 1  # branches of the trajectory at this step (2: sequential CFG)
+    paired: bool = False  # batched CFG: rows j and j + B/2 are one sample's two branches
     row_steps: list[tuple[int, Tensor | None]] = field(default_factory=list)  # (step, rows)
     _coeff: dict[tuple, Tensor] = field(default_factory=dict)  # this step's k^r / r!
     _scale: dict[tuple, tuple] = field(default_factory=dict)  # r and [r < n_full] / r!

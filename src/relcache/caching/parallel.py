@@ -124,6 +124,11 @@ def norm_rows(local: Tensor, *partials: Tensor) -> tuple[Tensor, ...]:
     return (squares.sqrt(), *sums)
 
 
+def cfg() -> bool:
+    """Whether this call's CFG branches are on different ranks (a ``cfg`` group)."""
+    return _group("cfg") is not None
+
+
 def max_over_cfg(values: Tensor) -> Tensor | None:
     """Per-row values (B,) of this rank's CFG branch, the largest over the CFG group (the
     branches of a sample decide together, §3 RCS ``scope="sample"``); None without a group."""

@@ -145,8 +145,9 @@ def share(values: Tensor, scope: str, paired: bool) -> Tensor:
     """Per-row values (B,) shared within each decision group: the largest of the group.
 
     "row": each row alone; "sample": a classifier-free-guidance pair, rows j and j + B/2 of a
-    doubled batch (``paired``; across sequential calls the branches share through the engine
-    instead); "batch": every row of the call. With the CFG branches on different ranks (a
+    doubled batch (``paired``: the engine saw equal halves; otherwise each row is a sample of
+    its own; across sequential calls the branches share through the engine instead); "batch":
+    every row of the call. With the CFG branches on different ranks (a
     ``cfg`` group, :mod:`relcache.caching.parallel`) a pair is row j of each rank's call.
     """
     across = None if scope == "row" else parallel.max_over_cfg(values)  # (B,) or None
@@ -155,11 +156,6 @@ def share(values: Tensor, scope: str, paired: bool) -> Tensor:
     if scope == "batch":
         return values.max().expand_as(values)
     if scope == "sample" and paired:
-        if values.shape[0] % 2:
-            raise ValueError(
-                f'scope="sample" pairs the rows of a CFG-doubled batch, got {values.shape[0]} '
-                'rows; use scope="row" without classifier-free guidance'
-            )
         half = values.shape[0] // 2
         top = torch.maximum(values[:half], values[half:])  # (B/2,)
         return torch.cat([top, top])
@@ -169,15 +165,18 @@ def share(values: Tensor, scope: str, paired: bool) -> Tensor:
 class RCSSchedule(Scheduler):
     """RCS (§3): accumulate the driver input's relative L1 prediction error; > tau -> full.
 
-    ``scope`` (see :func:`share`): who decides together. "row" is the paper: each batch row
-    alone, rows that need a full step run as a sub-batch. "sample": the CFG branches of a sample
-    share one schedule (the larger of their errors); "batch": all rows of a call.
+    ``scope`` (see :func:`share`): who decides together. "sample" (the default): the CFG
+    branches of a sample share one schedule (the larger of their errors; sequential branches
+    follow the first one's decision), samples stay independent. "row": each batch row alone (our
+    reading of the paper; a sample's two branches may then take different schedules, which
+    breaks samples); "batch": all rows of a call, as TaylorSeer's code decides for its
+    concatenated CFG batch.
     """
 
     adaptive = True
     watches_input = True
 
-    def __init__(self, threshold: float, order: int, warmup: int, scope: str = "row") -> None:
+    def __init__(self, threshold: float, order: int, warmup: int, scope: str = "sample") -> None:
         self.threshold, self.order, self.warmup, self.scope = threshold, order, warmup, scope
         self.factors: Tensor | None = None  # (B, m+1, N) Taylor factors of the driver input I0
         self.acc: Tensor | None = None  # (B,) accumulated error A
@@ -219,10 +218,11 @@ class RCSSchedule(Scheduler):
         coeff = history.coefficients(self.order)  # (B, m+1) fp64, shared with RFE's plan
         predicted = taylor.combine(self.factors, coeff)  # (B, N)
         num, den = rel.l1_error_terms(x, predicted)  # (B,) each: e = num / den
-        if self.scope == "row":
-            acc = torch.addcdiv(self.acc, num, den)  # (B,) one kernel
+        paired = history.branches == 1 and history.paired
+        if self.scope == "row" or (self.scope == "sample" and not paired and not parallel.cfg()):
+            acc = torch.addcdiv(self.acc, num, den)  # (B,) one kernel: each row decides alone
         else:
-            acc = self.acc + share(num / den, self.scope, history.branches == 1)
+            acc = self.acc + share(num / den, self.scope, paired)
         self.acc = acc
         if self._all_cached(acc):  # the one host sync RCS needs per cached step
             return CACHED

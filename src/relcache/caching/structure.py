@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 
@@ -48,6 +49,16 @@ def signature(args: tuple, kwargs: dict) -> tuple:
         for v in (*args, *kwargs.values())
         if isinstance(v, Tensor)
     )
+
+
+def cfg_doubled(args: tuple, kwargs: dict) -> bool:
+    """Whether the call's first tensor (the latents) is two equal halves: batched CFG, rows j
+    and j + B/2 are one sample's two branches (one comparison, one host read)."""
+    x = first_tensor(args, kwargs)
+    if x is None or x.is_meta or x.dim() == 0 or x.shape[0] < 2 or x.shape[0] % 2:
+        return False
+    half = x.shape[0] // 2
+    return bool(torch.equal(x[:half], x[half:]))
 
 
 def take_rows(value: Any, rows: Tensor, batch: int, taken: dict[int, Tensor] | None = None) -> Any:

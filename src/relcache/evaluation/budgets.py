@@ -56,12 +56,12 @@ class BenchMethod:
 
     @property
     def family(self) -> str:
-        """Legend label across budgets, e.g. "TaylorSeer m=2", "RFC m=2 scope=sample"."""
+        """Legend label across budgets, e.g. "TaylorSeer m=2", "RFC m=2 scope=row"."""
         if "order" not in self.entry.knobs:
             return self.entry.label
         example = self.entry.example(**self.knobs)
-        scope = getattr(example, "scope", "row")
-        extra = "" if scope == "row" else f" scope={scope}"
+        scope = getattr(example, "scope", "sample")
+        extra = "" if scope == "sample" else f" scope={scope}"
         return f"{self.entry.label} m={example.order}{extra}"
 
 

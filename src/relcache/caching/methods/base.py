@@ -165,7 +165,7 @@ def check_budget(nfc: object, steps: object, warmup: int) -> None:
 
 def scope_label(scope: str) -> str:
     """A non-default scope in a method's label."""
-    return "" if scope == "row" else f" {scope}"
+    return "" if scope == "sample" else f" {scope}"
 
 
 def clamp_label(clamp: float | None) -> str:

@@ -29,7 +29,7 @@ class Budget(CacheMethod):
     nfc: int | None = None
     steps: int = 50
     warmup: int = DEFAULT_WARMUP
-    scope: str = "row"
+    scope: str = "sample"
     clamp: float | None = None
 
     name = "budget"

@@ -26,7 +26,7 @@ class RCS(CacheMethod):
     order: int = 2
     threshold: float | None = None
     warmup: int = DEFAULT_WARMUP
-    scope: str = "row"  # who decides together, see RCSSchedule
+    scope: str = "sample"  # who decides together, see RCSSchedule
 
     name = "rcs"
 

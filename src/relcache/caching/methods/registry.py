@@ -42,9 +42,9 @@ KNOBS: dict[str, Knob] = {
         Knob(
             "scope",
             str,
-            "who decides together under RCS: row (each batch row, the paper), sample (the CFG "
-            "branches of a sample) or batch (all rows of a call: a full step when any row's "
-            "accumulated error crosses tau)",
+            "who decides together under RCS: sample (the default: the CFG branches of a sample "
+            "share a schedule, samples stay independent), row (each batch row alone) or batch "
+            "(all rows of a call: a full step when any row's accumulated error crosses tau)",
             SCOPES,
         ),
     )

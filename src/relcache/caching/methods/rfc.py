@@ -33,7 +33,7 @@ class RFC(CacheMethod):
     order: int = 2
     threshold: float | None = None
     warmup: int = DEFAULT_WARMUP
-    scope: str = "row"  # RCS: who decides together, see RCSSchedule
+    scope: str = "sample"  # RCS: who decides together, see RCSSchedule
     clamp: float | None = None  # RFE magnitude within [1/c, c] x the Taylor increment's length
 
     name = "rfc"
@@ -77,7 +77,7 @@ def _ablation(
     if not rcs:
         if threshold is not None or kw.get("nfc") is not None:
             raise ValueError("threshold / nfc are RCS settings; with rcs=False drop them")
-        if kw.pop("scope", "row") != "row":
+        if kw.pop("scope", None) is not None:
             raise ValueError("scope is an RCS setting; drop it or set rcs=True")
         if rfe:
             return RFE(**same, **kw)

@@ -1,0 +1,109 @@
+"""``relcache calibrate``: fit which steps run fully for a model and budget, into a profile file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Searches which steps run fully at a budget of --nfc full steps (greedy local exchange from
+TaylorSeer's fixed schedule: each refresh step moved by up to --radius while the mean PSNR of the
+final images against full compute rises), on --samples calibration images (seeds --seed.., never
+the report's 0-999), one batched generation per candidate. Writes the profile (JSON) to --out;
+`relcache.from_profile(path)` and `relcache generate --profile` load it. The search state is kept
+beside the profile (NAME.search.json): --resume continues an interrupted search.
+
+  relcache calibrate --nfc 8 --out nfc8.json
+  relcache calibrate --nfc 8 --out nfc8.json --max-seconds 300      # pause, then:
+  relcache calibrate --nfc 8 --out nfc8.json --max-seconds 300 --resume
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``calibrate`` subcommand."""
+    from relcache.commands.bench import _overrides
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a schedule (which steps run fully) for a model and budget: a profile file",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("model (default: the shipped Fashion-MNIST DiT-FM)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help="DiT weights (.safetensors or .pt)")
+    src.add_argument("--preset", help="a DiT preset with random weights, for smoke tests")
+    g.add_argument("--preset-overrides", type=_overrides, default={},
+                   help="DiTConfig fields for --preset, e.g. depth=2,hidden_size=64")  # fmt: skip
+    g.add_argument("--init-seed", type=int, default=0, help="weight seed for --preset")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s = p.add_argument_group("budget, sampler and search")
+    s.add_argument("--nfc", type=int, required=True, help="full steps per generation (budget)")
+    s.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    s.add_argument("--cfg-scale", type=float, default=3.0, help="CFG scale (default 3.0)")
+    s.add_argument("--predictor", default="taylorseer2",
+                   help="fixed-schedule method spec (default taylorseer2; e.g. rfe2)")  # fmt: skip
+    s.add_argument("--samples", type=int, default=16, help="calibration images (default 16)")
+    s.add_argument("--seed", type=int, default=1000, help="first calibration seed (>= 1000)")
+    s.add_argument("--radius", type=int, default=3, help="largest move of a step (default 3)")
+    s.add_argument("--min-gain", type=float, default=0.01, help="dB a move must gain")
+    s.add_argument("--max-generations", type=int, help="stop after this many candidates")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--out", type=Path, required=True, help="the profile file to write (.json)")
+    o.add_argument("--resume", action="store_true", help="continue the search saved beside --out")
+    o.add_argument("--max-seconds", type=float, help="pause after this long (then --resume)")
+    o.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def check_args(args: argparse.Namespace):
+    """Every check that needs no model; returns the fit settings."""
+    from relcache.commands.common import check_at_least, check_device, check_out_dir
+    from relcache.evaluation.fitting import FitSettings
+
+    settings = FitSettings(args.nfc, args.steps, args.cfg_scale, args.predictor, 2, args.samples,
+                           args.seed, args.radius, args.min_gain,
+                           args.max_generations)  # fmt: skip
+    check_at_least("--max-seconds", args.max_seconds, 1, "or drop it to run to the end")
+    check_at_least("--init-seed", args.init_seed, 0, "the default is 0")
+    if args.device is not None:
+        check_device(args.device)
+    if args.preset_overrides and args.preset is None:
+        raise ValueError("--preset-overrides needs --preset NAME (e.g. --preset DiT-FM)")
+    if args.out.suffix != ".json":
+        raise ValueError(f"--out {args.out} must end in .json (the profile file)")
+    check_out_dir(args.out.parent)
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {args.checkpoint}: no such file; pass DiT weights or drop it"
+        )
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, load the model, fit (or pause), print the profile's summary."""
+    import torch
+
+    from relcache.evaluation.fitting import SearchPaused, run_fit
+    from relcache.shipped import load_model
+
+    settings = check_args(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, name = load_model(
+        args.checkpoint, args.preset, args.preset_overrides, args.init_seed, device
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        profile = run_fit(model, settings, args.out, args.resume, args.max_seconds, name,
+                          not args.no_progress)  # fmt: skip
+    except SearchPaused as paused:
+        print(f"relcache calibrate: {paused}; rerun with --resume", file=sys.stderr)
+        return 3
+    score, search = profile.score, profile.search
+    print(
+        f"NFC {profile.nfc}: full steps {list(profile.full_steps)}; PSNR {score['before']:.2f} -> "
+        f"{score['after']:.2f} dB on {search['images_per_generation']} calibration images; "
+        f"{search['generations']} generations, {search['seconds']:.0f} s; wrote {args.out}"
+    )
+    return 0

@@ -1,0 +1,328 @@
+"""Fit a schedule: which steps run fully, searched on calibration images against full compute.
+
+The search starts from TaylorSeer's fixed schedule with the budget's NFC (§2) and moves one
+refresh step at a time (greedy local exchange): each pass tries every refresh step moved by
+1..``radius`` steps either way (order kept, warm-up steps fixed) and keeps the best move when it
+raises the score by more than ``min_gain``; it stops after a pass that keeps none. One candidate
+costs one generation of the calibration images (batched), scored by the mean PSNR of the final
+images against full compute, whose samples are made once. Scores are stored in a state file after
+every generation; a resumed search replays them (the search is deterministic) and goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from relcache.caching.methods import (
+    build_method,
+    fixed_schedule,
+    interval_for_nfc,
+    parse_method,
+)
+from relcache.caching.methods.profile import Profile, save_profile, weights_hash
+from relcache.evaluation.metrics import psnr
+from relcache.evaluation.runner import run_method, sample_set
+
+REPORT_SEEDS = range(0, 1000)  # the held-out seeds of the committed bench: never fitted on
+ALGORITHM = "greedy local exchange"
+
+Schedule = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What a fit depends on: the sampler, the budget, the predictor and the search."""
+
+    nfc: int  # the budget: full steps per generation, the warm-up included
+    steps: int = 50
+    cfg_scale: float = 3.0
+    predictor: str = "taylorseer2"  # a fixed-schedule method spec (fora, taylorseer, rfe)
+    warmup: int = 2  # the first steps, always full (RFE needs 0 and 1)
+    samples: int = 16  # calibration images, generated in one batch per candidate
+    seed: int = 1000  # first calibration seed; image i: seed + i, class i % num_classes
+    radius: int = 3  # a refresh step moves by up to this many steps
+    min_gain: float = 0.01  # dB a move must gain to be kept
+    max_generations: int | None = None  # cap on candidate generations (None: until converged)
+
+    def __post_init__(self) -> None:
+        _check_int("--steps", self.steps, 2, "the default is 50")
+        _check_int("--warmup", self.warmup, 1, "DiT's official warm-up is 2")
+        _check_int("--nfc", self.nfc, self.warmup + 1, f"it includes the {self.warmup} warm-up")
+        if self.nfc > self.steps:
+            raise ValueError(f"--nfc {self.nfc} exceeds --steps {self.steps}; lower it")
+        _check_int("--samples", self.samples, 1, "16 is the default")
+        _check_int("--seed", self.seed, 0, "calibration seeds start at 1000")
+        _check_int("--radius", self.radius, 1, "3 is the default")
+        if self.max_generations is not None:
+            _check_int("--max-generations", self.max_generations, 1, "or drop it")
+        if not self.min_gain >= 0:
+            raise ValueError(f"--min-gain must be >= 0 dB, got {self.min_gain}; 0.01 is default")
+        if self.seed < REPORT_SEEDS.stop:
+            raise ValueError(
+                f"calibration seeds {self.seed}..{self.seed + self.samples - 1} overlap the "
+                f"held-out report seeds {REPORT_SEEDS.start}..{REPORT_SEEDS.stop - 1}: a schedule "
+                f"must be fitted on other images; pass --seed {REPORT_SEEDS.stop} or higher"
+            )
+        entry, _ = parse_method(self.predictor)  # ValueError naming the registered methods
+        if "full_steps" not in entry.knobs:
+            raise ValueError(
+                f"--predictor {self.predictor!r} chooses its own full steps; pass a fixed-schedule "
+                "method (taylorseer2, rfe2, rfe2:clamp=1.05, fora)"
+            )
+        build_method(self.predictor, full_steps=start_schedule(self.nfc, self.steps, self.warmup))
+
+    def key(self) -> dict:
+        """What a resumed search must share with the saved one (all but the cap)."""
+        return {k: v for k, v in asdict(self).items() if k != "max_generations"}
+
+
+def _check_int(flag: str, value: int, minimum: int, hint: str) -> None:
+    """``value`` must be an int >= ``minimum``; the message says what to pass."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}; {hint}")
+
+
+# ----- the search: pure, over a score function ---------------------------------------------------
+def start_schedule(nfc: int, steps: int, warmup: int = 2) -> Schedule:
+    """TaylorSeer's fixed schedule when an interval gives exactly ``nfc`` full steps (§2), else
+    the warm-up and ``nfc - warmup`` refreshes spread evenly up to the last step."""
+    fixed = fixed_schedule(steps, interval_for_nfc(nfc, steps, warmup), warmup)
+    if len(fixed) == nfc:
+        return tuple(fixed)
+    refreshes = nfc - warmup
+    spread = [warmup - 1 + round((i + 1) * (steps - warmup) / refreshes) for i in range(refreshes)]
+    return (*range(warmup), *spread)
+
+
+def moves(schedule: Schedule, index: int, radius: int, steps: int) -> list[Schedule]:
+    """``schedule`` with its step at ``index`` moved by 1..``radius`` either way (nearest
+    first), staying between its neighbours and inside ``steps``."""
+    low = schedule[index - 1] + 1
+    high = schedule[index + 1] - 1 if index + 1 < len(schedule) else steps - 1
+    shifts = sorted((d for d in range(-radius, radius + 1) if d), key=lambda d: (abs(d), d))
+    return [
+        (*schedule[:index], schedule[index] + d, *schedule[index + 1 :])
+        for d in shifts
+        if low <= schedule[index] + d <= high
+    ]
+
+
+def greedy_exchange(
+    score: Callable[[Schedule], float],
+    start: Schedule,
+    warmup: int,
+    radius: int,
+    steps: int,
+    min_gain: float = 0.0,
+) -> tuple[Schedule, float, int]:
+    """Local search over the refresh steps (index >= ``warmup``): per pass, each step takes its
+    best move if it gains more than ``min_gain``; (best schedule, its score, passes)."""
+    best, best_score, passes, improved = start, score(start), 0, True
+    while improved:
+        improved, passes = False, passes + 1
+        for index in range(warmup, len(best)):
+            scored = [(score(c), c) for c in moves(best, index, radius, steps)]
+            if scored and max(scored)[0] > best_score + min_gain:
+                best_score, best = max(scored)
+                improved = True
+    return best, best_score, passes
+
+
+# ----- scoring on calibration images, resumable --------------------------------------------------
+class SearchPaused(Exception):
+    """The search stopped at its time limit; its state file resumes it."""
+
+
+class CapReached(Exception):
+    """The search spent ``max_generations``; the best schedule so far is the result."""
+
+
+class Calibration:
+    """Calibration images with their full-compute references (one generation, made once); a
+    schedule's score is the mean PSNR (dB) of one batched generation against them."""
+
+    def __init__(self, model: nn.Module, s: FitSettings, progress: bool = True) -> None:
+        self.model, self.s = model, s
+        self.seeds, self.labels = sample_set(s.seed, s.samples, model.config.num_classes)
+        self.ref = self._generate(None, progress, "full compute (calibration references)")
+
+    def _generate(self, config, progress: bool = False, desc: str = ""):
+        s = self.s
+        return run_method(self.model, config, self.seeds, self.labels, steps=s.steps,
+                          cfg_scale=s.cfg_scale, batch_size=s.samples, progress=progress,
+                          desc=desc)  # fmt: skip
+
+    def __call__(self, schedule: Schedule) -> float:
+        """Mean PSNR (dB) of the predictor on ``schedule`` against full compute."""
+        config = build_method(self.s.predictor, full_steps=schedule)
+        gen = self._generate(config)
+        assert gen.mean_nfc == len(schedule), (gen.mean_nfc, schedule)
+        return psnr(gen.images, self.ref.images)
+
+
+class SearchState:
+    """The scores of every schedule tried, saved as JSON after each generation."""
+
+    def __init__(self, path: Path | None, key: dict, resume: bool) -> None:
+        self.path, self.key = path, key
+        self.scores: dict[str, float] = {}
+        self.seconds, self.references = 0.0, 0
+        if path is not None and path.exists():
+            if not resume:
+                raise ValueError(
+                    f"{path} holds an unfinished search; pass --resume to continue it, or delete "
+                    "it to start again"
+                )
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        data = json.loads(path.read_text())
+        if data["key"] != self.key:
+            diff = sorted(k for k in self.key if data["key"].get(k) != self.key[k])
+            raise ValueError(
+                f"{path} is a search with other settings ({', '.join(diff)} differ: "
+                f"{ {k: data['key'].get(k) for k in diff} }); resume with the same settings, or "
+                "delete it to start again"
+            )
+        self.scores, self.seconds = data["scores"], data["seconds"]
+        self.references = data["references"]
+
+    def save(self) -> None:
+        """Write the state (atomically) when it has a path."""
+        if self.path is None:
+            return
+        data = {"key": self.key, "scores": self.scores, "seconds": self.seconds,
+                "references": self.references}  # fmt: skip
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.path)
+
+
+def state_path(out: Path) -> Path:
+    """Where the search for the profile ``out`` keeps its state: beside it."""
+    return out.with_name(out.stem + ".search.json")
+
+
+def fit_schedule(
+    model: nn.Module,
+    nfc: int,
+    *,
+    steps: int = 50,
+    cfg_scale: float = 3.0,
+    predictor: str = "taylorseer2",
+    samples: int = 16,
+    seed: int = 1000,
+    radius: int = 3,
+    min_gain: float = 0.01,
+    max_generations: int | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    max_seconds: float | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> Profile:
+    """Fit which steps run fully for ``model`` at a budget of ``nfc`` (module docstring); with
+    ``out`` the profile is written there and the search state beside it (``resume`` continues
+    it). ``max_seconds``: pause after this long (raises SearchPaused; resume later)."""
+    s = FitSettings(nfc, steps, cfg_scale, predictor, 2, samples, seed, radius, min_gain,
+                    max_generations)  # fmt: skip
+    out = None if out is None else Path(out)
+    return run_fit(model, s, out, resume, max_seconds, model_name, progress)
+
+
+def run_fit(
+    model: nn.Module,
+    s: FitSettings,
+    out: Path | None,
+    resume: bool = False,
+    max_seconds: float | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> Profile:
+    """:func:`fit_schedule` on validated settings (``relcache calibrate`` calls this)."""
+    digest = weights_hash(model)
+    state = SearchState(None if out is None else state_path(out), {**s.key(), "model": digest},
+                        resume)  # fmt: skip
+    clock = time.perf_counter()
+    calibration = Calibration(model, s, progress)
+    state.references += 1
+    state.seconds += time.perf_counter() - clock
+    start = start_schedule(s.nfc, s.steps, s.warmup)
+    bar = tqdm(desc=f"fit NFC {s.nfc}", unit="gen", disable=not progress,
+               initial=len(state.scores))  # fmt: skip
+
+    def score(schedule: Schedule) -> float:
+        name = ",".join(map(str, schedule))
+        if name not in state.scores:
+            if s.max_generations is not None and len(state.scores) >= s.max_generations:
+                raise CapReached
+            if max_seconds is not None and time.perf_counter() - clock > max_seconds:
+                raise SearchPaused
+            began = time.perf_counter()
+            state.scores[name] = calibration(schedule)
+            state.seconds += time.perf_counter() - began
+            state.save()
+            bar.update(1)
+            bar.set_postfix(best=f"{max(state.scores.values()):.2f} dB")
+        return state.scores[name]
+
+    try:
+        best, after, passes = greedy_exchange(score, start, s.warmup, s.radius, s.steps,
+                                              s.min_gain)  # fmt: skip
+        stopped = "converged"
+    except CapReached:
+        best, after, passes, stopped = _best_tried(state.scores, start), None, None, "cap"
+        after = state.scores[",".join(map(str, best))]
+    except SearchPaused:
+        state.save()
+        raise SearchPaused(
+            f"paused after {len(state.scores)} generations; continue with resume=True "
+            f"(relcache calibrate --resume) from {state.path}"
+        ) from None
+    finally:
+        bar.close()
+    profile = _profile(model, s, digest, model_name, start, best, after, passes, stopped, state)
+    if out is not None:
+        save_profile(profile, out)
+        state.path.unlink(missing_ok=True)  # finished: the profile holds what the state did
+    return profile
+
+
+def _best_tried(scores: dict[str, float], start: Schedule) -> Schedule:
+    """The best schedule whose score is known (a capped search's result)."""
+    name = max(scores, key=scores.__getitem__) if scores else ",".join(map(str, start))
+    return tuple(int(i) for i in name.split(","))
+
+
+def _profile(model: nn.Module, s: FitSettings, digest: str, model_name: str | None,
+             start: Schedule, best: Schedule, after: float, passes: int | None, stopped: str,
+             state: SearchState) -> Profile:  # fmt: skip
+    """The fitted profile with its scores and what the search cost."""
+    name = model_name or f"{type(model).__name__} {digest}"
+    before = state.scores[",".join(map(str, start))]
+    score = {"metric": "mean PSNR (dB) of the final images vs full compute", "before": before,
+             "after": after, "start_full_steps": list(start)}  # fmt: skip
+    search = {
+        "algorithm": ALGORITHM, "radius": s.radius, "min_gain_db": s.min_gain,
+        "calibration_seeds": [s.seed, s.seed + s.samples - 1], "images_per_generation": s.samples,
+        "generations": len(state.scores), "reference_generations": state.references,
+        "seconds": round(state.seconds, 1), "passes": passes, "stopped": stopped,
+    }  # fmt: skip
+    return Profile(name, digest, s.steps, s.cfg_scale, s.nfc, s.predictor, best, score, search)
+
+
+def evaluate_schedules(
+    model: nn.Module, configs: Sequence, seed: int, samples: int, steps: int, cfg_scale: float
+) -> list[float]:
+    """Mean PSNR (dB) of each config against full compute on images ``seed``.. (held-out)."""
+    seeds, labels = sample_set(seed, samples, model.config.num_classes)
+    kw = dict(steps=steps, cfg_scale=cfg_scale, batch_size=64, progress=False)
+    ref = run_method(model, None, seeds, labels, **kw)
+    return [psnr(run_method(model, c, seeds, labels, **kw).images, ref.images) for c in configs]
