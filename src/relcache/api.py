@@ -19,7 +19,8 @@ from relcache.caching.conflicts import (
     refuse_foreign_caches,
 )
 from relcache.caching.engine import CacheEngine
-from relcache.caching.methods import CacheMethod
+from relcache.caching.methods import CacheMethod, parse_method
+from relcache.caching.methods.registry import merge_knobs
 from relcache.caching.stats import CacheStats
 from relcache.caching.taps import Observer, Tap
 from relcache.caching.targets import Targets
@@ -119,6 +120,26 @@ def apply(
     if model is not target:
         _hook_pipeline(target, engine)
     return target
+
+
+def method_for(
+    target: Any, spec: str, *, nfc: float | None = None, steps: int = 50, **knobs: object
+) -> CacheMethod:
+    """The method ``spec`` (a registry name such as ``"taylorseer2"``) with the model family's
+    defaults as the paper ran them (warm-up, order: FLUX W = 3 and FORA on i mod N, HunyuanVideo
+    W = 1 and m = 1; RFC_SPEC §2) under the knobs given; with ``nfc``, the config meeting that
+    budget at ``steps`` steps."""
+    entry, implied = parse_method(spec)
+    adapter = find_adapter(resolve_model(target))
+    values = merge_knobs(spec, implied, {k: v for k, v in knobs.items() if v is not None})
+    family = adapter.defaults.get(entry.name, {}) if adapter is not None else {}
+    family = {k: v for k, v in family.items() if k in entry.knobs and k not in values}
+    if values.get("full_steps") is not None:
+        family.pop("warmup", None)  # an explicit schedule is the whole schedule
+    values = {**family, **values}
+    if nfc is None:
+        return entry.make(**values)
+    return entry.for_nfc(nfc, steps, **values)[0]
 
 
 def compile(  # noqa: A001 - relcache.compile mirrors torch.compile

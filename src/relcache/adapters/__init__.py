@@ -5,8 +5,8 @@ A new model is one small file that calls :func:`register_adapter`, plus its impo
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -27,6 +27,9 @@ class ModelAdapter:
     slice_batch: bool = True
     prepare: Callable[[nn.Module], None] | None = None  # reversible surgery before wrapping
     restore: Callable[[nn.Module], None] | None = None
+    # per method name, knob defaults as the paper ran the family (RFC_SPEC §2 "Per family");
+    # relcache.method_for applies them under the user's knobs
+    defaults: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def targets(self) -> Targets:
         """The engine's view of this adapter."""

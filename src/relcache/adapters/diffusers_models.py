@@ -251,6 +251,20 @@ MMDIT = dict(
     slice_batch=False,  # rotary embeddings (S, D) reach the attention modules
 )
 
+# The paper's FLUX runs (official TaylorSeer FLUX code, RFC_SPEC §2): warm-up W = 3 (N = 4 -> NFC
+# 14, N = 9 -> 8), FORA refreshing when i mod N == 0 (W = 1: N = 3 -> NFC 17, N = 7 -> 8)
+FLUX_DEFAULTS = {
+    "fora": {"warmup": 1},
+    **{name: {"warmup": 3} for name in ("taylorseer", "rfe", "rfc", "rcs", "budget")},
+}
+# HunyuanVideo: W = 1, m = 1 (N = 5, 6, 8 -> NFC 10, 9, 7); RFE needs two full steps (W = 2)
+HUNYUAN_DEFAULTS = {
+    "fora": {"warmup": 1},
+    "taylorseer": {"warmup": 1, "order": 1},
+    "rcs": {"warmup": 1, "order": 1},
+    **{name: {"order": 1} for name in ("rfe", "rfc", "budget")},
+}
+
 # double blocks: attn -> (img_attn, txt_attn), ff, ff_context; single blocks: fused
 # proj_out(cat(attn, mlp)); FLUX.1: 19 x 4 + 38 = 114 features in 95 modules
 register_adapter(
@@ -259,6 +273,7 @@ register_adapter(
         class_names=("FluxTransformer2DModel",),
         prepare=_flux_prepare,
         restore=_flux_restore,
+        defaults=FLUX_DEFAULTS,
         **MMDIT,
     )
 )
@@ -271,6 +286,7 @@ register_adapter(
         class_names=("HunyuanVideoTransformer3DModel",),
         prepare=_hunyuan_prepare,
         restore=_hunyuan_restore,
+        defaults=HUNYUAN_DEFAULTS,
         **MMDIT,
     )
 )

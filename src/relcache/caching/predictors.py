@@ -63,10 +63,14 @@ class TaylorState:
 
 
 class TaylorPredictor(Predictor):
-    """TaylorSeer (§2): O_hat = sum_r f_r k^r / r!; order 0 reuses the last output (FORA)."""
+    """TaylorSeer (§2): O_hat = sum_r f_r k^r / r!; order 0 reuses the last output (FORA).
 
-    def __init__(self, order: int) -> None:
+    ``warmup``: as the official code, differences are formed only at full steps i > W - 2, so
+    with W = 3 (FLUX) the second warm-up step stores f0 only (no change for W <= 2)."""
+
+    def __init__(self, order: int, warmup: int | None = None) -> None:
         self.order = order
+        self.skip = max((warmup or 0) - 2, 0)  # warm-up full steps whose differences are dropped
         self.modules: dict[str, TaylorState] = {}
         self.dtypes: set[torch.dtype] = set()  # of the factors (float32, or float64)
         self.scratch = taylor.Scratch()  # work buffers shared by the modules' updates
@@ -80,6 +84,8 @@ class TaylorPredictor(Predictor):
     def _record_factors(self, name, history, rows, outputs) -> list[Tensor]:
         """Official factor update (§2) for ``rows``; returns those rows' new factors."""
         gap, nf = history.gaps(rows)
+        if self.skip:  # the full steps before step W - 1 do not count: i <= W - 2 stores f0
+            nf = nf.mul(0) if history.step <= self.skip else (nf - self.skip).clamp_min(0)
         st = self.modules.get(name)
         if st is None:
             shapes = [tuple(o.shape[1:]) for o in outputs]
@@ -151,8 +157,8 @@ class RelationalPredictor(TaylorPredictor):
     subtraction and one norm of its input change, one ``addcmul`` and one ``bmm``.
     """
 
-    def __init__(self, order: int, clamp: float | None = None) -> None:
-        super().__init__(order)
+    def __init__(self, order: int, clamp: float | None = None, warmup: int | None = None) -> None:
+        super().__init__(order, warmup)
         self.clamp = clamp  # bound the magnitude to [1/c, c] x the Taylor increment's length
         self.relational: dict[str, RelationalState] = {}
         self.ratios: list[Tensor] = []  # per slot: s, (B,), NaN where unusable

@@ -45,7 +45,7 @@ class Budget(CacheMethod):
         return BudgetSchedule(self.nfc, self.steps, self.order, self.warmup, self.scope, None)
 
     def predictor(self) -> RelationalPredictor:
-        return RelationalPredictor(self.order, self.clamp)
+        return RelationalPredictor(self.order, self.clamp, self.warmup)
 
     def describe(self) -> str:
         return (

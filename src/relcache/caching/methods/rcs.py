@@ -40,7 +40,7 @@ class RCS(CacheMethod):
         return RCSSchedule(self.threshold, self.order, self.warmup, self.scope)
 
     def predictor(self) -> TaylorPredictor:
-        return TaylorPredictor(self.order)
+        return TaylorPredictor(self.order, self.warmup)
 
     def describe(self) -> str:
         return f"+RCS m={self.order}{scope_label(self.scope)}"

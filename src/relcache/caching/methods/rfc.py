@@ -54,7 +54,7 @@ class RFC(CacheMethod):
         return RCSSchedule(self.threshold, self.order, self.warmup, self.scope)
 
     def predictor(self) -> RelationalPredictor:
-        return RelationalPredictor(self.order, self.clamp)
+        return RelationalPredictor(self.order, self.clamp, self.warmup)
 
     def describe(self) -> str:
         return f"RFC m={self.order}{scope_label(self.scope)}{clamp_label(self.clamp)}"

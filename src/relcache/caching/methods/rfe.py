@@ -59,7 +59,7 @@ class RFE(CacheMethod):
         return fixed_or_explicit(self.interval, self.warmup, self.full_steps, self.first)
 
     def predictor(self) -> RelationalPredictor:
-        return RelationalPredictor(self.order, self.clamp)
+        return RelationalPredictor(self.order, self.clamp, self.warmup)
 
     def describe(self) -> str:
         first = "" if self.first is None else f" first {self.first}"

@@ -52,7 +52,7 @@ class TaylorSeer(CacheMethod):
         return fixed_or_explicit(self.interval, self.warmup, self.full_steps, self.first)
 
     def predictor(self) -> TaylorPredictor:
-        return TaylorPredictor(self.order)
+        return TaylorPredictor(self.order, self.warmup)
 
     def describe(self) -> str:
         sched = "" if self.full_steps is not None else f" N={self.interval}"
