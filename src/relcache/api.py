@@ -212,12 +212,13 @@ def cached(
     *,
     patterns: str | list[str] | tuple[str, ...] | None = None,
     driver: str | None = None,
+    process_group: Any = None,
 ) -> Iterator[Any]:
     """``with relcache.cached(model, cfg):`` apply, run the block, remove (None: no caching)."""
     if config is None:
         yield target
         return
-    apply(target, config, patterns=patterns, driver=driver)
+    apply(target, config, patterns=patterns, driver=driver, process_group=process_group)
     try:
         yield target
     except BaseException:
