@@ -82,3 +82,20 @@ def test_differences_form_after_the_warmup_as_in_the_official_code(warmup: int) 
     expected = _official(values, config.schedule(len(values)), warmup, 2)
     got = [o[0, 0, 0].item() for o in outs]
     assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_generate_builds_the_method_with_the_pipelines_family_defaults() -> None:
+    import argparse
+
+    from relcache.commands import generate
+    from relcache.commands.common import method_from_args
+
+    parser = argparse.ArgumentParser()
+    generate.register(parser.add_subparsers())
+    argv = ["generate", "--model", "x", "--prompt", "a", "--method", "fora", "--nfc", "17"]
+    args = parser.parse_args(argv)
+    family = relcache.api.family_defaults(_model("FluxTransformer2DModel"))
+    config = method_from_args(args, STEPS, family)
+    assert config.warmup == 1 and config.schedule(STEPS) == list(range(0, 50, 3))
+    args = parser.parse_args([*argv[:-3], "taylorseer", "--warmup", "2", "--interval", "4"])
+    assert method_from_args(args, STEPS, family).warmup == 2  # a flag beats the family

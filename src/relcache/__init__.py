@@ -17,6 +17,7 @@ from relcache.api import (
     compile,
     generation,
     is_applied,
+    method_for,
     observe,
     remove,
     reset,
@@ -30,8 +31,11 @@ from relcache.caching.methods import (
     RFE,
     Budget,
     CacheMethod,
+    Profile,
     TaylorSeer,
     build_method,
+    from_profile,
+    load_profile,
     recommended,
     register_method,
 )
@@ -40,10 +44,22 @@ from relcache.caching.stats import CacheStats
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``relcache.fit_schedule``: loaded on first use from ``evaluation/fitting.py`` (it runs
+    generations, so it lives in evaluation; ``import relcache`` stays light)."""
+    if name == "fit_schedule":
+        import importlib
+
+        return importlib.import_module("relcache.evaluation.fitting").fit_schedule
+    raise AttributeError(f"module 'relcache' has no attribute {name!r}")
+
+
 __all__ = [
     "FORA",
     "METHODS",
     "Parallel",
+    "Profile",
     "RCS",
     "RFC",
     "RFE",
@@ -57,8 +73,12 @@ __all__ = [
     "cache_context",
     "cached",
     "compile",
+    "fit_schedule",
+    "from_profile",
     "generation",
     "is_applied",
+    "method_for",
+    "load_profile",
     "observe",
     "recommended",
     "register_method",

@@ -122,6 +122,13 @@ def apply(
     return target
 
 
+def family_defaults(target: Any) -> dict:
+    """Knob defaults per method name as the paper ran ``target``'s model family (its adapter's
+    ``defaults``: FLUX W = 3, HunyuanVideo W = 1 and m = 1 ...; empty for other families)."""
+    adapter = find_adapter(resolve_model(target))
+    return {k: dict(v) for k, v in adapter.defaults.items()} if adapter is not None else {}
+
+
 def method_for(
     target: Any, spec: str, *, nfc: float | None = None, steps: int = 50, **knobs: object
 ) -> CacheMethod:
@@ -130,9 +137,8 @@ def method_for(
     W = 1 and m = 1; RFC_SPEC §2) under the knobs given; with ``nfc``, the config meeting that
     budget at ``steps`` steps."""
     entry, implied = parse_method(spec)
-    adapter = find_adapter(resolve_model(target))
     values = merge_knobs(spec, implied, {k: v for k, v in knobs.items() if v is not None})
-    family = adapter.defaults.get(entry.name, {}) if adapter is not None else {}
+    family = family_defaults(target).get(entry.name, {})
     family = {k: v for k, v in family.items() if k in entry.knobs and k not in values}
     if values.get("full_steps") is not None:
         family.pop("warmup", None)  # an explicit schedule is the whole schedule

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         profile = run_fit(model, settings, args.out, args.resume, args.max_seconds, name,
                           not args.no_progress)  # fmt: skip
     except SearchPaused as paused:
-        print(f"relcache calibrate: {paused}; rerun with --resume", file=sys.stderr)
+        print(f"relcache calibrate: {paused}", file=sys.stderr)
         return 3
     score, search = profile.score, profile.search
     print(

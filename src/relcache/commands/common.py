@@ -129,8 +129,12 @@ def add_method_args(parser: argparse.ArgumentParser, default: str = "taylorseer"
     )
 
 
-def method_from_args(args: argparse.Namespace, steps: int) -> CacheMethod | None:
-    """The config the flags describe (None for --method none); unused flags are errors."""
+def method_from_args(
+    args: argparse.Namespace, steps: int, family: dict | None = None
+) -> CacheMethod | None:
+    """The config the flags describe (None for --method none); unused flags are errors.
+    ``family``: a model family's knob defaults per method name (adapters' ``defaults``), used
+    where no flag sets the knob."""
     given = {k.name: getattr(args, k.name) for k in CLI_KNOBS if getattr(args, k.name) is not None}
     for key, value in [*given.items(), ("nfc", args.nfc)]:
         if isinstance(value, float) and not math.isfinite(value):
@@ -149,6 +153,11 @@ def method_from_args(args: argparse.Namespace, steps: int) -> CacheMethod | None
             f"--{', --'.join(k.replace('_', '-') for k in entry.knobs)}"
         )
     values = merge_knobs(args.method, implied, given)
+    own = (family or {}).get(entry.name, {})
+    own = {k: v for k, v in own.items() if k in entry.knobs and k not in values}
+    if values.get("full_steps") is not None:
+        own.pop("warmup", None)  # an explicit schedule is the whole schedule
+    values = {**own, **values}
     if args.nfc is None or (entry.adaptive and "threshold" in given):
         return entry.make(**values)
     if entry.adaptive and "nfc" not in entry.knobs:

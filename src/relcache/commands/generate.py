@@ -24,8 +24,9 @@ from typing import Any
 import torch
 
 import relcache
-from relcache.caching.methods import CacheMethod
+from relcache.caching.methods import CacheMethod, load_profile
 from relcache.commands.common import (
+    CLI_KNOBS,
     add_method_args,
     check_at_least,
     check_device,
@@ -59,6 +60,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     add_method_args(p, default="taylorseer")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="a fitted profile (relcache calibrate, or a shipped one): its predictor on its "
+        "fitted full steps, instead of --method and its flags",
+    )
     p.set_defaults(func=run)
 
 
@@ -81,12 +88,31 @@ def check_args(args: argparse.Namespace) -> CacheMethod | None:
 def build_method(args: argparse.Namespace) -> CacheMethod | None:
     """The caching config the arguments ask for (None for ``--method none``)."""
     check_at_least("--steps", args.steps, 1, "the default is 50")
+    if getattr(args, "profile", None) is not None:
+        return method_from_profile(args)
     if args.threshold is not None and args.nfc is not None:
         raise ValueError(
             "--threshold and --nfc both decide the full steps: pass --threshold (the paper's "
             "RCS) or --nfc (an exact budget), not both"
         )
     return method_from_args(args, args.steps)
+
+
+def method_from_profile(args: argparse.Namespace) -> CacheMethod:
+    """The method of ``--profile``: alone (no method flags) and at its own step count."""
+    given = [k.name for k in CLI_KNOBS if getattr(args, k.name) is not None]
+    given += ["nfc"] if args.nfc is not None else []
+    given += ["method"] if args.method != "taylorseer" else []
+    if given:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+        raise ValueError(f"--profile sets the method and its full steps; drop {flags}")
+    profile = load_profile(args.profile)
+    if args.steps != profile.steps:
+        raise ValueError(
+            f"--profile {args.profile} was fitted for {profile.steps} steps, not --steps "
+            f"{args.steps}; pass --steps {profile.steps} or fit one for {args.steps} steps"
+        )
+    return profile.method()
 
 
 def pipeline_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -197,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
     kwargs = pipeline_kwargs(pipe, args)
     if "output_type" in inspect.signature(pipe.__call__).parameters:
         kwargs["output_type"] = "pil"
+    if method is not None and getattr(args, "profile", None) is None:
+        method = method_from_args(args, args.steps, relcache.api.family_defaults(pipe))
     if method is not None:
         relcache.apply(pipe, method)
     if args.device.startswith("cuda"):

@@ -16,4 +16,5 @@
 - ``settings.py``: the bench's validated settings.
 - ``bench.py``: the bench's orchestration (runs, resume, results.json).
 - ``demo.py``: the demo, a small preset of the bench.
+- ``fitting.py``: fit a schedule on calibration images (``relcache calibrate``).
 """

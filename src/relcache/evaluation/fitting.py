@@ -12,6 +12,7 @@ every generation; a resumed search replays them (the search is deterministic) an
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -62,8 +63,12 @@ class FitSettings:
         _check_int("--radius", self.radius, 1, "3 is the default")
         if self.max_generations is not None:
             _check_int("--max-generations", self.max_generations, 1, "or drop it")
-        if not self.min_gain >= 0:
-            raise ValueError(f"--min-gain must be >= 0 dB, got {self.min_gain}; 0.01 is default")
+        for flag, value, hint in (
+            ("--cfg-scale", self.cfg_scale, "the default is 3"),
+            ("--min-gain", self.min_gain, "the default is 0.01 dB"),
+        ):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{flag} must be a finite number >= 0, got {value!r}; {hint}")
         if self.seed < REPORT_SEEDS.stop:
             raise ValueError(
                 f"calibration seeds {self.seed}..{self.seed + self.samples - 1} overlap the "
@@ -247,47 +252,20 @@ def run_fit(
     progress: bool = True,
 ) -> Profile:
     """:func:`fit_schedule` on validated settings (``relcache calibrate`` calls this)."""
+    if max_seconds is not None and out is None:
+        raise ValueError("max_seconds pauses a search saved beside out=: pass out=PATH.json")
     digest = weights_hash(model)
-    state = SearchState(None if out is None else state_path(out), {**s.key(), "model": digest},
-                        resume)  # fmt: skip
-    clock = time.perf_counter()
-    calibration = Calibration(model, s, progress)
-    state.references += 1
-    state.seconds += time.perf_counter() - clock
+    path = None if out is None else state_path(out)
+    state = SearchState(path, {**s.key(), "model": digest}, resume)
     start = start_schedule(s.nfc, s.steps, s.warmup)
-    bar = tqdm(desc=f"fit NFC {s.nfc}", unit="gen", disable=not progress,
-               initial=len(state.scores))  # fmt: skip
-
-    def score(schedule: Schedule) -> float:
-        name = ",".join(map(str, schedule))
-        if name not in state.scores:
-            if s.max_generations is not None and len(state.scores) >= s.max_generations:
-                raise CapReached
-            if max_seconds is not None and time.perf_counter() - clock > max_seconds:
-                raise SearchPaused
-            began = time.perf_counter()
-            state.scores[name] = calibration(schedule)
-            state.seconds += time.perf_counter() - began
-            state.save()
-            bar.update(1)
-            bar.set_postfix(best=f"{max(state.scores.values()):.2f} dB")
-        return state.scores[name]
-
-    try:
-        best, after, passes = greedy_exchange(score, start, s.warmup, s.radius, s.steps,
-                                              s.min_gain)  # fmt: skip
-        stopped = "converged"
-    except CapReached:
-        best, after, passes, stopped = _best_tried(state.scores, start), None, None, "cap"
-        after = state.scores[",".join(map(str, best))]
-    except SearchPaused:
-        state.save()
-        raise SearchPaused(
-            f"paused after {len(state.scores)} generations; continue with resume=True "
-            f"(relcache calibrate --resume) from {state.path}"
-        ) from None
-    finally:
-        bar.close()
+    with Scorer(model, s, state, max_seconds, progress) as score:
+        try:
+            best, after, passes = greedy_exchange(score, start, s.warmup, s.radius, s.steps,
+                                                  s.min_gain)  # fmt: skip
+            stopped = "converged"
+        except CapReached:
+            best, passes, stopped = _best_tried(state.scores), None, "cap"
+            after = score(best)
     profile = _profile(model, s, digest, model_name, start, best, after, passes, stopped, state)
     if out is not None:
         save_profile(profile, out)
@@ -295,10 +273,51 @@ def run_fit(
     return profile
 
 
-def _best_tried(scores: dict[str, float], start: Schedule) -> Schedule:
+class Scorer:
+    """A schedule's score: from the state when known, else one generation (saved at once);
+    raises CapReached / SearchPaused at the generation cap / time limit."""
+
+    def __init__(self, model: nn.Module, s: FitSettings, state: SearchState,
+                 max_seconds: float | None, progress: bool) -> None:  # fmt: skip
+        self.s, self.state, self.max_seconds = s, state, max_seconds
+        self.clock = time.perf_counter()
+        self.calibration = Calibration(model, s, progress)  # one full-compute generation
+        state.references += 1
+        state.seconds += time.perf_counter() - self.clock
+        self.bar = tqdm(desc=f"fit NFC {s.nfc}", unit="gen", disable=not progress,
+                        initial=len(state.scores))  # fmt: skip
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        self.bar.close()
+        self.state.save()
+        if kind is SearchPaused:
+            raise SearchPaused(
+                f"paused after {len(self.state.scores)} generations; continue with resume=True "
+                f"(relcache calibrate --resume) from {self.state.path}"
+            ) from None
+
+    def __call__(self, schedule: Schedule) -> float:
+        name, state = ",".join(map(str, schedule)), self.state
+        if name not in state.scores:
+            if self.s.max_generations is not None and len(state.scores) >= self.s.max_generations:
+                raise CapReached
+            if self.max_seconds is not None and time.perf_counter() - self.clock > self.max_seconds:
+                raise SearchPaused
+            began = time.perf_counter()
+            state.scores[name] = self.calibration(schedule)
+            state.seconds += time.perf_counter() - began
+            state.save()
+            self.bar.update(1)
+            self.bar.set_postfix(best=f"{max(state.scores.values()):.2f} dB")
+        return state.scores[name]
+
+
+def _best_tried(scores: dict[str, float]) -> Schedule:
     """The best schedule whose score is known (a capped search's result)."""
-    name = max(scores, key=scores.__getitem__) if scores else ",".join(map(str, start))
-    return tuple(int(i) for i in name.split(","))
+    return tuple(int(i) for i in max(scores, key=scores.__getitem__).split(","))
 
 
 def _profile(model: nn.Module, s: FitSettings, digest: str, model_name: str | None,

@@ -6,9 +6,20 @@ A method is a frozen config that makes a scheduler (schedulers.py) and a predict
 
 from __future__ import annotations
 
+from torch import nn
+
 from relcache.caching.methods.base import CacheMethod, Composed
 from relcache.caching.methods.budget import Budget
 from relcache.caching.methods.fora import FORA
+from relcache.caching.methods.profile import (
+    Profile,
+    find_profile,
+    from_profile,
+    load_profile,
+    save_profile,
+    shipped_profiles,
+    weights_hash,
+)
 from relcache.caching.methods.rcs import RCS
 from relcache.caching.methods.registry import (
     KNOBS,
@@ -65,8 +76,18 @@ for _entry in (
 RECOMMENDED = "rfe2:clamp=1.05"
 
 
-def recommended(nfc: float, steps: int = 50) -> CacheMethod:
-    """The recommended configuration for a budget of ``nfc`` full steps out of ``steps``."""
+def recommended(
+    nfc: float, steps: int = 50, *, model: nn.Module | None = None, cfg_scale: float | None = None
+) -> CacheMethod:
+    """The recommended configuration for a budget of ``nfc`` full steps out of ``steps``.
+
+    With ``model``: the shipped profile fitted on these weights for this budget and step count
+    (and ``cfg_scale``, when given) when one exists (``profile.shipped_profiles()``: the shipped
+    DiT-FM at NFC 8 and 14, 50 steps, CFG 3), else the rule above."""
+    if model is not None:
+        fitted = find_profile(model, nfc, steps, cfg_scale)
+        if fitted is not None:
+            return fitted.method()
     entry, values = parse_method(RECOMMENDED)
     return entry.for_nfc(nfc, steps, **values)[0]
 
@@ -89,6 +110,13 @@ __all__ = [
     "fixed_schedule",
     "interval_for_nfc",
     "parse_method",
+    "Profile",
+    "find_profile",
+    "from_profile",
+    "load_profile",
     "recommended",
+    "save_profile",
+    "shipped_profiles",
+    "weights_hash",
     "register_method",
 ]
