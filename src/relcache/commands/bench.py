@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import shlex
 import sys
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from relcache.commands.common import add_model_source_args
 
 if TYPE_CHECKING:
     from relcache.evaluation.settings import BenchSettings
@@ -30,32 +30,6 @@ A --out that already holds a bench is refused: --resume continues it (same model
   relcache bench --preset DiT-FM --preset-overrides depth=2,hidden_size=64,num_heads=4 \\
       --steps 10 --samples 16 --budgets 6,4 --out /tmp/smoke
 """
-
-
-def _overrides(text: str) -> dict[str, int | float | str]:
-    """``depth=2,hidden_size=64`` -> {"depth": 2, "hidden_size": 64}: numbers where they parse."""
-    out: dict[str, int | float | str] = {}
-    for item in filter(None, (v.strip() for v in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs, got {item!r}")
-        if key.strip() in out:
-            raise argparse.ArgumentTypeError(f"{key.strip()} is given twice; keep one")
-        out[key.strip()] = _override_value(key.strip(), value.strip())
-    return out
-
-
-def _override_value(key: str, value: str) -> int | float | str:
-    """An int, a finite float, or the text itself."""
-    for cast in (int, float):
-        try:
-            number = cast(value)
-        except ValueError:
-            continue
-        if not math.isfinite(number):
-            raise argparse.ArgumentTypeError(f"{key}={value}: expected a finite number")
-        return number
-    return value
 
 
 def _registered_peers() -> list[str]:
@@ -80,24 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("model (default: the shipped Fashion-MNIST DiT-FM)")
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=Path, help="DiT weights (.safetensors or .pt) to bench")
-    src.add_argument(
-        "--preset",
-        help="a DiT preset with random weights (seeded by --init-seed; zero-initialised layers "
-        "redrawn from N(0, 0.02)), for smoke tests",
-    )
-    g.add_argument(
-        "--preset-overrides",
-        type=_overrides,
-        default={},
-        help="DiTConfig fields for --preset, e.g. depth=2,hidden_size=64,num_heads=4",
-    )
-    g.add_argument("--init-seed", type=int, default=0, help="weight seed for --preset (default 0)")
-    g.add_argument(
-        "--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)"
-    )
+    g = add_model_source_args(p)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
 
     add_settings_options(p)

@@ -22,7 +22,7 @@ beside the profile (NAME.search.json): --resume continues an interrupted search.
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``calibrate`` subcommand."""
-    from relcache.commands.bench import _overrides
+    from relcache.commands.common import add_model_source_args
 
     p = sub.add_parser(
         "calibrate",
@@ -30,14 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("model (default: the shipped Fashion-MNIST DiT-FM)")
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=Path, help="DiT weights (.safetensors or .pt)")
-    src.add_argument("--preset", help="a DiT preset with random weights, for smoke tests")
-    g.add_argument("--preset-overrides", type=_overrides, default={},
-                   help="DiTConfig fields for --preset, e.g. depth=2,hidden_size=64")  # fmt: skip
-    g.add_argument("--init-seed", type=int, default=0, help="weight seed for --preset")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_model_source_args(p)
     s = p.add_argument_group("budget, sampler and search")
     s.add_argument("--nfc", type=int, required=True, help="full steps per generation (budget)")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")

@@ -165,3 +165,53 @@ def method_from_args(
     if "interval" in given or "full_steps" in given:
         raise ValueError("--nfc picks the interval: drop --interval / --full-steps, or --nfc")
     return entry.for_nfc(args.nfc, steps, **values)[0]
+
+
+def preset_overrides(text: str) -> dict[str, int | float | str]:
+    """``depth=2,hidden_size=64`` -> {"depth": 2, "hidden_size": 64}: numbers where they parse."""
+    out: dict[str, int | float | str] = {}
+    for item in filter(None, (v.strip() for v in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs, got {item!r}")
+        if key.strip() in out:
+            raise argparse.ArgumentTypeError(f"{key.strip()} is given twice; keep one")
+        out[key.strip()] = override_value(key.strip(), value.strip())
+    return out
+
+
+def override_value(key: str, value: str) -> int | float | str:
+    """An int, a finite float, or the text itself."""
+    for cast in (int, float):
+        try:
+            number = cast(value)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"{key}={value}: expected a finite number")
+        return number
+    return value
+
+
+def add_model_source_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The DiT to run: the shipped DiT-FM, ``--checkpoint`` or a ``--preset`` (bench,
+    calibrate); returns the group for command-specific additions."""
+    g = p.add_argument_group("model (default: the shipped Fashion-MNIST DiT-FM)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help="DiT weights (.safetensors or .pt)")
+    src.add_argument(
+        "--preset",
+        help="a DiT preset with random weights (seeded by --init-seed; zero-initialised layers "
+        "redrawn from N(0, 0.02)), for smoke tests",
+    )
+    g.add_argument(
+        "--preset-overrides",
+        type=preset_overrides,
+        default={},
+        help="DiTConfig fields for --preset, e.g. depth=2,hidden_size=64,num_heads=4",
+    )
+    g.add_argument("--init-seed", type=int, default=0, help="weight seed for --preset (default 0)")
+    g.add_argument(
+        "--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)"
+    )
+    return g
