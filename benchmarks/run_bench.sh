@@ -20,7 +20,7 @@ ARGS=(
   bench
   --steps 50 --cfg-scale 3.0
   --samples "$SAMPLES" --seed 0
-  --methods fora,taylorseer2,rfc2,rfc2:scope=sample,rfe2:clamp=1.05
+  --methods fora,taylorseer2,rfc2:scope=row,rfc2,rfe2:clamp=1.05
   --budgets 14,11,10,8,7
   --calibration-samples 32 --calibration-seed 100000 --batch-size 64
   --analysis-samples 4 --analysis-budget 10 --window-samples 64

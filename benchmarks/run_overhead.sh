@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 exec relcache bench \
   --steps 50 --cfg-scale 3.0 \
   --samples "${SAMPLES:-1000}" --seed 0 \
-  --methods taylorseer2,rfe2:clamp=1.05,rfc2,rfc2:scope=sample,rfc2:scope=batch \
+  --methods taylorseer2,rfe2:clamp=1.05,rfc2:scope=row,rfc2,rfc2:scope=batch \
   --budgets 14,10,7 \
   --calibration-samples 32 --calibration-seed 100000 --batch-size 64 \
   --no-analysis --out "${OUT:-benchmarks/results/overhead}" "$@"

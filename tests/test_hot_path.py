@@ -11,10 +11,11 @@ from relcache.shipped.loading import random_dit
 STEPS = (0, 1, 2)  # full; steps 3-5 cached
 
 
-def _counts(config, explicit: bool = True):
+def _counts(config, explicit: bool = True, latents: torch.Tensor | None = None):
     """Counts of a bare call and of 6 cached-model calls (DiT-FM's 16 modules, narrow)."""
     model = random_dit("DiT-FM", hidden_size=48, num_heads=4)
-    x, y = torch.randn(4, 1, 28, 28), torch.tensor([1, 2, 10, 10])
+    x = torch.randn(4, 1, 28, 28) if latents is None else latents  # (4, 1, 28, 28)
+    y = torch.tensor([1, 2, 10, 10])
 
     def call(i: int):
         t = torch.full((4,), 999.0 - i)
@@ -54,6 +55,16 @@ def test_rfe_prediction_is_four_kernels_per_module() -> None:
         assert max(ops[1:]) == 4  # sub, norm, addcmul, bmm (<= 6 is the budget)
         assert sum(ops) / len(ops) <= 6  # with the per-step plan for every module
         assert step.outside == bare.outside and step.syncs == 0
+
+
+def test_paired_rcs_decision_costs_three_more_kernels() -> None:
+    """scope="sample" on a CFG-doubled batch (equal halves): the pair's error is shared."""
+    x = torch.randn(2, 1, 28, 28)
+    doubled = torch.cat([x, x])  # (4, ...) cond rows, then uncond rows
+    _, _, rows = _counts(relcache.RFC(threshold=1e6, scope="row"), latents=doubled)
+    _, _, pairs = _counts(relcache.RFC(threshold=1e6), latents=doubled)
+    for a, b in zip(rows[3:], pairs[3:], strict=True):
+        assert b.inside - a.inside == 3 and b.syncs == a.syncs == 1
 
 
 def test_rcs_decision_costs_one_sync_and_few_kernels() -> None:

@@ -435,6 +435,18 @@ def test_apply_to_the_pipeline_and_back_to_back_generations(name: str) -> None:
     np.testing.assert_array_equal(_generate(name, BF16), _reference(name, BF16))
 
 
+@pytest.mark.parametrize("name", ["dit", "pixart", "sd3"])
+def test_rcs_pairs_the_rows_of_a_pipelines_batched_cfg(name: str) -> None:
+    """The default scope="sample" recognises the pipeline's CFG-doubled batch (equal halves of
+    latents): a sample's cond and uncond rows take one schedule."""
+    transformer = _pipe(CASES[name].pipeline, BF16).transformer
+    with relcache.cached(transformer, relcache.RFC(order=2, threshold=0.3)):
+        _generate(name, BF16)
+        (branch,) = relcache.api._engine(transformer).now.branches.values()
+        rows = relcache.stats(transformer).schedules["call0"]
+    assert branch.history.paired and len(rows) == 2 and rows[0] == rows[1]
+
+
 @pytest.mark.parametrize("method", ["taylorseer", "budget", "rfc", "fora-interval-1"])
 @pytest.mark.parametrize("name", _cases(fast=("sd3",)))
 def test_float16(name: str, method: str) -> None:

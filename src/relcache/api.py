@@ -138,11 +138,7 @@ def method_for(
     budget at ``steps`` steps."""
     entry, implied = parse_method(spec)
     values = merge_knobs(spec, implied, {k: v for k, v in knobs.items() if v is not None})
-    family = family_defaults(target).get(entry.name, {})
-    family = {k: v for k, v in family.items() if k in entry.knobs and k not in values}
-    if values.get("full_steps") is not None:
-        family.pop("warmup", None)  # an explicit schedule is the whole schedule
-    values = {**family, **values}
+    values = entry.with_defaults(values, family_defaults(target).get(entry.name, {}))
     if nfc is None:
         return entry.make(**values)
     return entry.for_nfc(nfc, steps, **values)[0]

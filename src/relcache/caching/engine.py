@@ -119,8 +119,8 @@ class CacheEngine:
             if place.new_generation:
                 now.drop_automatic()
             br = now.branch(place, signature(args, kwargs), self._new_branch)
-            if br.history.calls == 0:  # a new trajectory: is its batch CFG-doubled?
-                br.history.paired = cfg_doubled(args, kwargs)
+            if br.history.calls == 0 and br.scheduler.shares_across_branches:
+                br.history.paired = cfg_doubled(args, kwargs)  # one read per trajectory
             now.open_step(br, place.step)
             self._prepare(br)
             now.active = br

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from relcache.caching.schedulers import Decision
 from relcache.caching.state import BranchState
-from relcache.caching.steps import AUTO, FIRST, CallPlace, StepTracker
+from relcache.caching.steps import AUTO, FIRST, NAMED, CallPlace, StepTracker
 
 
 class Trajectories:
@@ -84,9 +84,9 @@ class Trajectories:
         """A call raised mid-step: its branch is half-updated, so forget it (and, unless it is
         a named context, the whole generation); the next call starts afresh."""
         br, self.active = self.active, None
-        if br is None or br.key.kind != "named":
+        if br is None or br.key.kind != NAMED:
             self.drop_automatic()
-            self.branches = {k: b for k, b in self.branches.items() if k.kind == "named"}
+            self.branches = {k: b for k, b in self.branches.items() if k.kind == NAMED}
             self.tracker.reset()
         else:
             del self.branches[br.key]

@@ -153,11 +153,7 @@ def method_from_args(
             f"--{', --'.join(k.replace('_', '-') for k in entry.knobs)}"
         )
     values = merge_knobs(args.method, implied, given)
-    own = (family or {}).get(entry.name, {})
-    own = {k: v for k, v in own.items() if k in entry.knobs and k not in values}
-    if values.get("full_steps") is not None:
-        own.pop("warmup", None)  # an explicit schedule is the whole schedule
-    values = {**own, **values}
+    values = entry.with_defaults(values, (family or {}).get(entry.name, {}))
     if args.nfc is None or (entry.adaptive and "threshold" in given):
         return entry.make(**values)
     if entry.adaptive and "nfc" not in entry.knobs:

@@ -81,6 +81,14 @@ class MethodEntry:
             _check_finite(key, value, self.name)
         return self.build(**{k: v for k, v in values.items() if v is not None})
 
+    def with_defaults(self, values: dict, defaults: dict) -> dict:
+        """``values`` over ``defaults`` (a model family's knobs for this method, adapters'
+        ``defaults``): only knobs it takes, and no default warm-up beside a ``full_steps``."""
+        own = {k: v for k, v in defaults.items() if k in self.knobs and k not in values}
+        if values.get("full_steps") is not None:
+            own.pop("warmup", None)  # an explicit schedule is the whole schedule
+        return {**own, **values}
+
     def example(self, **values: object) -> CacheMethod:
         """A valid config with these knobs and placeholders for the schedule's (inspection,
         FLOPs: a step's cost does not depend on the interval or the threshold)."""
