@@ -97,7 +97,10 @@ def test_bad_config_is_a_value_error_with_a_fix(make: Callable, fragment: str) -
 def test_defaults_are_resolved_and_explicit_schedules_stay_explicit() -> None:
     ts = relcache.TaylorSeer()
     assert (ts.interval, ts.warmup, ts.order) == (4, 2, 2)
-    assert repr(ts) == "TaylorSeer(interval=4, order=2, warmup=2, full_steps=None, first=None)"
+    assert repr(ts) == (
+        "TaylorSeer(granularity='module', factors_dtype=None, interval=4, order=2, warmup=2, "
+        "full_steps=None, first=None)"
+    )
     assert relcache.FORA().schedule(14) == [0, 1, 5, 9, 13]
     assert relcache.RFC(threshold=0.5).warmup == 2
     explicit = relcache.TaylorSeer(full_steps=np.array([0, 1, 4]))

@@ -20,6 +20,7 @@ from relcache.caching.conflicts import (
 )
 from relcache.caching.engine import CacheEngine
 from relcache.caching.methods import CacheMethod, parse_method
+from relcache.caching.methods.base import check_method
 from relcache.caching.methods.registry import merge_knobs
 from relcache.caching.stats import CacheStats
 from relcache.caching.taps import Observer, Tap
@@ -57,7 +58,11 @@ def _check_regex(what: str, pattern: object) -> None:
         ) from None
 
 
-def _targets(model: nn.Module, patterns, driver) -> tuple[Targets, ModelAdapter | None]:
+def _targets(
+    model: nn.Module, patterns, driver, granularity: str = "module"
+) -> tuple[Targets, ModelAdapter | None]:
+    """The modules to cache: ``patterns`` (at block / stack granularity: the blocks, whose
+    first tensor argument is the carried stream), else the model's adapter's."""
     if driver is not None:
         _check_regex("driver", driver)
     if patterns is not None:
@@ -77,7 +82,7 @@ def _targets(model: nn.Module, patterns, driver) -> tuple[Targets, ModelAdapter 
             "e.g. relcache.apply(model, cfg, patterns=[r'blocks\\.\\d+\\.attn', "
             "r'blocks\\.\\d+\\.mlp'])"
         )
-    targets = adapter.targets()
+    targets = adapter.targets(granularity)
     return (dataclasses.replace(targets, watch=driver) if driver else targets), adapter
 
 
@@ -103,7 +108,10 @@ def apply(
             "relcache.remove(model) first to change the method"
         )
     refuse_foreign_caches(model, "relcache.apply")
-    targets, adapter = _targets(model, patterns, driver)
+    check_method(config)
+    targets, adapter = _targets(model, patterns, driver, config.granularity)
+    if config.granularity != "module":  # blocks run their own forward: no module surgery
+        adapter = adapter and dataclasses.replace(adapter, prepare=None, restore=None)
     if adapter is not None and adapter.prepare is not None:
         adapter.prepare(model)
     engine = CacheEngine(model, config, targets)

@@ -16,7 +16,9 @@ from relcache.caching.targets import InputFn, Targets, TimestepFn, default_input
 
 @dataclass(frozen=True)
 class ModelAdapter:
-    """How to cache one model class: module patterns (re.fullmatch), RCS driver, input reader."""
+    """How to cache one model class: module patterns (re.fullmatch), RCS driver, input reader;
+    for the block and stack granularities its transformer blocks (in call order) and their
+    carried streams (caching/units.py)."""
 
     name: str
     class_names: tuple[str, ...]  # matched against type(model).__name__ and its bases
@@ -30,10 +32,19 @@ class ModelAdapter:
     # per method name, knob defaults as the paper ran the family (RFC_SPEC §2 "Per family");
     # relcache.method_for applies them under the user's knobs
     defaults: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    blocks: tuple[str, ...] = ()  # the transformer blocks, in the order the model calls them
+    block_inputs: InputFn = default_inputs  # a block's carried streams, in its output order
 
-    def targets(self) -> Targets:
-        """The engine's view of this adapter."""
-        return Targets(self.patterns, self.driver, self.inputs, self.timestep, self.slice_batch)
+    def targets(self, granularity: str = "module") -> Targets:
+        """The engine's view of this adapter: its modules, or its blocks (block, stack)."""
+        if granularity == "module":
+            return Targets(self.patterns, self.driver, self.inputs, self.timestep, self.slice_batch)
+        if not self.blocks:
+            raise ValueError(
+                f"the {self.name} adapter declares no blocks, so granularity={granularity!r} "
+                "is not available; use granularity='module'"
+            )
+        return Targets(self.blocks, None, self.block_inputs, self.timestep, self.slice_batch)
 
 
 ADAPTERS: dict[str, ModelAdapter] = {}

@@ -39,6 +39,26 @@ def joint_inputs(name: str, args: tuple, kwargs: dict) -> Tensor | tuple[Tensor,
     return (x, ctx) if isinstance(ctx, Tensor) else x
 
 
+def _streams(name: str, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor]:
+    """A joint block's (image, text) hidden states, keyword or positional."""
+    x = hidden_states_input(name, args, kwargs)
+    ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+    if not isinstance(ctx, Tensor):
+        raise TypeError(f"block {name!r} was called without encoder_hidden_states")
+    return x, ctx
+
+
+def text_then_image(name: str, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor]:
+    """A joint block's carried streams in its output order (SD3, FLUX): (text, image)."""
+    x, ctx = _streams(name, args, kwargs)
+    return ctx, x
+
+
+def image_then_text(name: str, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor]:
+    """A joint block's carried streams in its output order (HunyuanVideo): (image, text)."""
+    return _streams(name, args, kwargs)
+
+
 # ----- single-stream surgery (FLUX, HunyuanVideo) ---------------------------------------------
 class _Fused(nn.Module):
     """The pre-gate output of one single-stream block; owns no parameters (the block does)."""
@@ -187,6 +207,8 @@ register_adapter(
         patterns=(r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"),
         driver=r"transformer_blocks\.0\.attn1",
         inputs=hidden_states_input,
+        blocks=(r"transformer_blocks\.\d+",),
+        block_inputs=hidden_states_input,
     )
 )
 
@@ -201,6 +223,8 @@ register_adapter(
         ),
         driver=r"transformer\.transformer_blocks\.0\.attn1",
         inputs=hidden_states_input,
+        blocks=(r"transformer\.transformer_blocks\.\d+",),
+        block_inputs=hidden_states_input,
     )
 )
 
@@ -217,6 +241,8 @@ register_adapter(
         ),
         driver=r"transformer_blocks\.0\.attn1",
         inputs=hidden_states_input,
+        blocks=(r"transformer_blocks\.\d+",),
+        block_inputs=hidden_states_input,
     )
 )
 
@@ -234,6 +260,8 @@ register_adapter(
         ),
         driver=r"transformer_blocks\.0\.attn",
         inputs=joint_inputs,
+        blocks=(r"transformer_blocks\.\d+",),
+        block_inputs=text_then_image,
     )
 )
 
@@ -249,6 +277,7 @@ MMDIT = dict(
     driver=r"transformer_blocks\.0\.attn",
     inputs=joint_inputs,
     slice_batch=False,  # rotary embeddings (S, D) reach the attention modules
+    blocks=(r"transformer_blocks\.\d+", r"single_transformer_blocks\.\d+"),
 )
 
 # The paper's FLUX runs (official TaylorSeer FLUX code, RFC_SPEC §2): warm-up W = 3 (N = 4 -> NFC
@@ -274,6 +303,7 @@ register_adapter(
         prepare=_flux_prepare,
         restore=_flux_restore,
         defaults=FLUX_DEFAULTS,
+        block_inputs=text_then_image,
         **MMDIT,
     )
 )
@@ -287,6 +317,7 @@ register_adapter(
         prepare=_hunyuan_prepare,
         restore=_hunyuan_restore,
         defaults=HUNYUAN_DEFAULTS,
+        block_inputs=image_then_text,
         **MMDIT,
     )
 )
@@ -300,5 +331,7 @@ register_adapter(
         patterns=(r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn"),
         driver=r"blocks\.0\.attn1",
         inputs=hidden_states_input,
+        blocks=(r"blocks\.\d+",),
+        block_inputs=hidden_states_input,
     )
 )

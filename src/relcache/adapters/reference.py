@@ -9,5 +9,6 @@ register_adapter(
         class_names=("DiT",),
         patterns=(r"blocks\.\d+\.attn", r"blocks\.\d+\.mlp"),
         driver=r"blocks\.0\.attn",
+        blocks=(r"blocks\.\d+",),  # DiTBlock(x, c) -> x: the carried stream is x
     )
 )

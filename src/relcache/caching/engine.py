@@ -31,13 +31,9 @@ from relcache.caching.structure import (
     take_rows,
 )
 from relcache.caching.taps import Tap, module_call, phase
-from relcache.caching.targets import (
-    Targets,
-    match_modules,
-    ran_before_watched,
-    watched_module,
-)
+from relcache.caching.targets import Targets, match_modules, ran_before_watched, watched_module
 from relcache.caching.trajectories import PerThread, Trajectories
+from relcache.caching.units import unit_predictor
 
 
 class CacheEngine:
@@ -128,8 +124,9 @@ class CacheEngine:
                 self.compiled.begin(br, args, kwargs)
 
     def _new_branch(self, key: Any, sig: tuple) -> BranchState:
-        """A fresh trajectory: the method's scheduler and predictor, made for this branch."""
-        return BranchState(key, self.config.scheduler(), self.config.predictor(), signature=sig)
+        """A fresh trajectory: the method's scheduler and predictor (at its granularity)."""
+        predictor = unit_predictor(self.config, self.names)
+        return BranchState(key, self.config.scheduler(), predictor, signature=sig)
 
     def _prepare(self, br: BranchState) -> None:
         """Once the step's decision is known: the predictor's shared per-step work, eagerly."""

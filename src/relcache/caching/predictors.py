@@ -68,11 +68,14 @@ class TaylorPredictor(Predictor):
     ``warmup``: as the official code, differences are formed only at full steps i > W - 2, so
     with W = 3 (FLUX) the second warm-up step stores f0 only (no change for W <= 2)."""
 
-    def __init__(self, order: int, warmup: int | None = None) -> None:
+    def __init__(
+        self, order: int, warmup: int | None = None, factors_dtype: torch.dtype | None = None
+    ) -> None:
         self.order = order
+        self.factors_dtype = factors_dtype  # None: half-precision outputs' own dtype, else fp32+
         self.skip = max((warmup or 0) - 2, 0)  # warm-up full steps whose differences are dropped
         self.modules: dict[str, TaylorState] = {}
-        self.dtypes: set[torch.dtype] = set()  # of the factors (float32, or float64)
+        self.dtypes: set[torch.dtype] = set()  # of the coefficients (the factors' fp32+)
         self.scratch = taylor.Scratch()  # work buffers shared by the modules' updates
 
     def ready(self, name: str) -> bool:
@@ -92,12 +95,18 @@ class TaylorPredictor(Predictor):
             dtypes = [o.dtype for o in outputs]
             st = self.modules[name] = TaylorState([None] * len(outputs), shapes, dtypes)
         stored = [
-            taylor.record_rows(f, o, gap, nf, rows, self.order, self.scratch)
+            taylor.record_rows(f, o, gap, nf, rows, self.order, self.scratch, self._store(o))
             for f, o in zip(st.factors, outputs, strict=True)
         ]
         st.factors = [full for full, _ in stored]
-        self.dtypes.update(f.dtype for f in st.factors)
+        self.dtypes.update(taylor.accum_dtype(f.dtype) for f in st.factors)
         return [new for _, new in stored]
+
+    def _store(self, output: Tensor) -> torch.dtype | None:
+        """The factors' dtype for ``output`` (None: the arithmetic's own fp32+)."""
+        if self.factors_dtype is not None:
+            return self.factors_dtype
+        return output.dtype if output.dtype in taylor.HALF else None
 
     def prepare(self, history: History) -> None:
         """This step's Taylor coefficients, once per factor dtype."""
@@ -107,7 +116,7 @@ class TaylorPredictor(Predictor):
     def coefficients(self, name: str, history: History, inputs: list[Tensor]) -> list[Tensor]:
         """Per output tensor: the (B, m+1) coefficients of the factors at this step."""
         factors = self.modules[name].factors
-        return [history.coefficients(self.order, f.dtype) for f in factors]
+        return [history.coefficients(self.order, taylor.accum_dtype(f.dtype)) for f in factors]
 
     def predict(self, name, history, inputs) -> list[Tensor]:
         st = self.modules[name]
@@ -157,8 +166,14 @@ class RelationalPredictor(TaylorPredictor):
     subtraction and one norm of its input change, one ``addcmul`` and one ``bmm``.
     """
 
-    def __init__(self, order: int, clamp: float | None = None, warmup: int | None = None) -> None:
-        super().__init__(order, warmup)
+    def __init__(
+        self,
+        order: int,
+        clamp: float | None = None,
+        warmup: int | None = None,
+        factors_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(order, warmup, factors_dtype)
         self.clamp = clamp  # bound the magnitude to [1/c, c] x the Taylor increment's length
         self.relational: dict[str, RelationalState] = {}
         self.ratios: list[Tensor] = []  # per slot: s, (B,), NaN where unusable
@@ -209,7 +224,7 @@ class RelationalPredictor(TaylorPredictor):
         """This step's plan for every slot (:meth:`plan`)."""
         some = next(iter(self.modules.values()), None)
         if some is not None:
-            self.plan(history, some.factors[0].dtype)
+            self.plan(history, taylor.accum_dtype(some.factors[0].dtype))
 
     def plan(self, history: History, dtype: torch.dtype) -> StepPlan:
         """This step's coefficients for every slot, in the factors' dtype (computed once per

@@ -14,6 +14,14 @@ import math
 import torch
 from torch import Tensor
 
+HALF = (torch.bfloat16, torch.float16)  # model dtypes whose factors default to their own dtype
+
+
+def accum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation precision of a floating ``dtype``: float64 stays, the others float32
+    (plain Python: no dispatched op on the hot path)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
 
 def accum(x: Tensor) -> Tensor:
     """x in the accumulation precision: at least float32 (float64 stays float64)."""
@@ -102,13 +110,18 @@ def record_rows(
     rows: Tensor | None,
     order: int,
     scratch: Scratch,
+    store: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """A full step of ``rows`` (None: all; ``gap`` / ``n_full`` are theirs) for factors of order m.
 
-    Returns (the factors of every row (B, m+1, N), the updated rows' (b, m+1, N)). Once the
-    factors exist they are updated in place (no allocation of the whole cache per full step),
-    unless autograd is recording: a cached step's graph may hold them for its backward.
+    Returns (the factors of every row (B, m+1, N), the updated rows' (b, m+1, N) in the
+    arithmetic's fp32+). Once the factors exist they are updated in place (no allocation of the
+    whole cache per full step), unless autograd is recording: a cached step's graph may hold
+    them for its backward. ``store``: the factors' dtype when it is not the arithmetic's (e.g.
+    bfloat16 factors: the update runs in float32, the result is rounded once when stored).
     """
+    if store is not None and store != torch.promote_types(value.dtype, torch.float32):
+        return _record_stored(factors, value, gap, n_full, rows, order, store)
     if factors is None:  # the trajectory's first full step
         new = pad_orders(update_factors(None, value, gap, n_full), order)
         return new, new
@@ -119,6 +132,20 @@ def record_rows(
         return new, new
     new = update_factors(factors.index_select(0, rows), value, gap, n_full)  # (b, m+1, N)
     return put_rows_(factors, new, rows), new
+
+
+def _record_stored(factors, value, gap, n_full, rows, order, store) -> tuple[Tensor, Tensor]:
+    """:func:`record_rows` for factors kept in ``store`` (fp32 arithmetic, one rounding)."""
+    if factors is None:
+        new = pad_orders(update_factors(None, value, gap, n_full), order)  # (B, m+1, N) fp32
+        return new.to(store), new
+    old = factors if rows is None else factors.index_select(0, rows)
+    new = update_factors(old, value, gap, n_full)  # promotes the stored factors to fp32
+    if rows is None:
+        if torch.is_grad_enabled():
+            return new.to(store), new
+        return factors.copy_(new), new
+    return put_rows_(factors, new.to(store), rows), new
 
 
 class Scratch:

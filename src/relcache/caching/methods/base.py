@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from relcache.caching.predictors import Predictor
 from relcache.caching.schedulers import SCOPES, ExplicitSchedule, FixedSchedule, Scheduler
+from relcache.caching.units import check_granularity, unit_label
 
 MAX_ORDER = 20  # k^r / r! must fit the integer arithmetic of the coefficients
 
@@ -184,9 +185,20 @@ def check_method(config: object) -> None:
 
 @dataclass(frozen=True)
 class CacheMethod:
-    """Base config: subclasses are frozen dataclasses validated in ``__post_init__``."""
+    """Base config: subclasses are frozen dataclasses validated in ``__post_init__`` (which
+    calls this one). Every method takes the unit it predicts and the factors' dtype."""
 
     name: ClassVar[str] = "base"
+    granularity: str = field(default="module", kw_only=True)  # module / block / stack (units.py)
+    factors_dtype: str | None = field(default=None, kw_only=True)  # None: the model's half dtype
+
+    def __post_init__(self) -> None:
+        check_granularity(self.granularity, self.factors_dtype)
+
+    @property
+    def unit(self) -> str:
+        """The granularity and factor dtype in a label ("" for the defaults)."""
+        return unit_label(self.granularity, self.factors_dtype)
 
     def scheduler(self) -> Scheduler:
         """A fresh scheduler for one branch (trajectory)."""
@@ -208,12 +220,18 @@ class CacheMethod:
     def with_full_steps(self, full_steps: tuple[int, ...]) -> CacheMethod:
         """The same predictor on an explicit schedule (used to count a cached step's FLOPs)."""
         steps = tuple(full_steps)
-        return Composed(lambda: ExplicitSchedule(steps), self.predictor, f"{self.describe()}")
+        return Composed(
+            lambda: ExplicitSchedule(steps),
+            self.predictor,
+            f"{self.describe()}",
+            granularity=self.granularity,
+            factors_dtype=self.factors_dtype,
+        )
 
     def cost_key(self) -> tuple:
         """What a step's FLOPs depend on: the predictor's kind and order, and adaptivity."""
         p = self.predictor()
-        return type(p).__name__, getattr(p, "order", None), self.adaptive
+        return type(p).__name__, getattr(p, "order", None), self.adaptive, self.granularity
 
     def describe(self) -> str:
         """Short human-readable label used in tables and plots."""

@@ -35,6 +35,7 @@ class Budget(CacheMethod):
     name = "budget"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_order(self.order, minimum=1)
         check_rfe_warmup(self.warmup)
         check_budget(self.nfc, self.steps, self.warmup)
@@ -48,6 +49,5 @@ class Budget(CacheMethod):
         return RelationalPredictor(self.order, self.clamp, self.warmup)
 
     def describe(self) -> str:
-        return (
-            f"RFC m={self.order}{scope_label(self.scope)} NFC {self.nfc}{clamp_label(self.clamp)}"
-        )
+        label = f"RFC m={self.order}{scope_label(self.scope)} NFC {self.nfc}"
+        return f"{label}{clamp_label(self.clamp)}{self.unit}"

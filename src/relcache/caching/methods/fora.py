@@ -18,4 +18,5 @@ class FORA(TaylorSeer):
     def describe(self) -> str:
         if self.full_steps is not None:
             return "FORA"
-        return f"FORA N={self.interval}" + ("" if self.first is None else f" first {self.first}")
+        first = "" if self.first is None else f" first {self.first}"
+        return f"FORA N={self.interval}{first}{self.unit}"

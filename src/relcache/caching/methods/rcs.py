@@ -31,6 +31,7 @@ class RCS(CacheMethod):
     name = "rcs"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_order(self.order, minimum=1)
         check_positive_int("warmup", self.warmup, "the official value is 2 for DiT, 3 for FLUX")
         check_threshold(self.threshold)
@@ -43,4 +44,4 @@ class RCS(CacheMethod):
         return TaylorPredictor(self.order, self.warmup)
 
     def describe(self) -> str:
-        return f"+RCS m={self.order}{scope_label(self.scope)}"
+        return f"+RCS m={self.order}{scope_label(self.scope)}{self.unit}"

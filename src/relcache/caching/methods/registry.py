@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relcache.caching.methods.base import CacheMethod
 from relcache.caching.schedulers import SCOPES, interval_for_nfc
+from relcache.caching.units import DTYPES, GRANULARITIES
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,24 @@ KNOBS: dict[str, Knob] = {
             "(all rows of a call: a full step when any row's accumulated error crosses tau)",
             SCOPES,
         ),
+        Knob(
+            "granularity",
+            str,
+            "what one cached unit is: module (each attention / MLP output, the paper), block "
+            "(each transformer block's residual) or stack (the whole block stack's residual: "
+            "fastest, smallest cache)",
+            GRANULARITIES,
+        ),
+        Knob(
+            "factors_dtype",
+            str,
+            "dtype of the stored Taylor factors (default: the model's dtype for bfloat16 / "
+            "float16 models, float32 otherwise; the update runs in float32)",
+            tuple(DTYPES),
+        ),
     )
 }
+UNIT_KNOBS = ("granularity", "factors_dtype")  # every method takes them (CacheMethod's fields)
 
 Calibrate = Callable[[Callable[[float], CacheMethod], float], tuple[float, dict]]
 """``calibrate(make, target_nfc) -> (threshold, info)``: finds the threshold for a budget."""
@@ -186,6 +203,7 @@ def register_method(entry: MethodEntry) -> MethodEntry:
         )
     if entry.name in METHODS or entry.name in ("none", "full"):
         raise ValueError(f"method {entry.name!r} is already registered")
+    entry = replace(entry, knobs=(*entry.knobs, *(k for k in UNIT_KNOBS if k not in entry.knobs)))
     unknown = [k for k in entry.knobs if k not in KNOBS]
     if unknown:
         raise ValueError(f"unknown knob(s) {unknown}; knobs are {', '.join(KNOBS)}")

@@ -44,6 +44,7 @@ class RFC(CacheMethod):
         return super().__new__(cls)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_order(self.order, minimum=1)
         check_rfe_warmup(self.warmup)
         check_threshold(self.threshold)
@@ -57,7 +58,8 @@ class RFC(CacheMethod):
         return RelationalPredictor(self.order, self.clamp, self.warmup)
 
     def describe(self) -> str:
-        return f"RFC m={self.order}{scope_label(self.scope)}{clamp_label(self.clamp)}"
+        scope, clamp = scope_label(self.scope), clamp_label(self.clamp)
+        return f"RFC m={self.order}{scope}{clamp}{self.unit}"
 
 
 def _ablation(

@@ -38,6 +38,7 @@ class RFE(CacheMethod):
     name = "rfe"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "full_steps", as_full_steps(self.full_steps))
         check_order(self.order, minimum=1)
         check_schedule_knobs(None, self.warmup, self.full_steps)
@@ -63,4 +64,4 @@ class RFE(CacheMethod):
 
     def describe(self) -> str:
         first = "" if self.first is None else f" first {self.first}"
-        return f"+RFE m={self.order}{clamp_label(self.clamp)}{first}"
+        return f"+RFE m={self.order}{clamp_label(self.clamp)}{first}{self.unit}"

@@ -36,6 +36,7 @@ class TaylorSeer(CacheMethod):
     name = "taylorseer"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "full_steps", as_full_steps(self.full_steps))
         check_order(self.order)
         check_schedule_knobs(self.interval, self.warmup, self.full_steps)
@@ -57,4 +58,4 @@ class TaylorSeer(CacheMethod):
     def describe(self) -> str:
         sched = "" if self.full_steps is not None else f" N={self.interval}"
         sched += "" if self.first is None else f" first {self.first}"
-        return f"TaylorSeer{sched} m={self.order}"
+        return f"TaylorSeer{sched} m={self.order}{self.unit}"
