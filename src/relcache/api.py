@@ -24,7 +24,7 @@ from relcache.caching.methods.base import check_method
 from relcache.caching.methods.registry import merge_knobs
 from relcache.caching.stats import CacheStats
 from relcache.caching.taps import Observer, Tap
-from relcache.caching.targets import Targets
+from relcache.caching.targets import Targets, driver_probe
 from relcache.sampling.hooks import register_run_hook, register_step_hook
 
 _ENGINE_ATTR = "_relcache_engine"
@@ -83,6 +83,9 @@ def _targets(
             "r'blocks\\.\\d+\\.mlp'])"
         )
     targets = adapter.targets(granularity)
+    if granularity != "module":  # RCS keeps its driver: the first module's input, probed
+        probe = driver_probe(model, driver or adapter.driver or adapter.patterns[0], adapter.inputs)
+        return dataclasses.replace(targets, probe=probe), adapter
     return (dataclasses.replace(targets, watch=driver) if driver else targets), adapter
 
 

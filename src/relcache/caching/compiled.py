@@ -66,7 +66,7 @@ class CompiledPath:
                 return forward(*args, **kwargs)
             inputs = as_tensors(engine.targets.inputs(name, args, kwargs))
             if self.probing and name == engine.watched:
-                raise _Reached(inputs)
+                raise _Reached(engine.targets.shown(forward, inputs, args, kwargs))
             if self.probing or br.decision is None:  # a cached module before the watched one
                 engine.undecided(name)
             if br.decision.rows is not None:  # some rows full: eagerly

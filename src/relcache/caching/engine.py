@@ -200,7 +200,7 @@ class CacheEngine:
             if not br.history.started:
                 br.history.start_rows(inputs[0].shape[0], inputs[0].device)
             if name == self.watched and br.scheduler.watches_input:
-                self.see(br, inputs)
+                self.see(br, self.targets.shown(forward, inputs, args, kwargs))
             elif br.decision is None:
                 self.undecided(name)
             return self.route(br, name, forward, inputs, args, kwargs)

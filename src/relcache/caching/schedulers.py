@@ -223,18 +223,18 @@ class RCSSchedule(Scheduler):
             acc = torch.addcdiv(self.acc, num, den)  # (B,) one kernel: each row decides alone
         else:
             acc = self.acc + share(num / den, self.scope, paired)
-        self.acc = acc
+        previous, self.acc = self.acc, acc
         if self._all_cached(acc):  # the one host sync RCS needs per cached step
             return CACHED
-        keep = self._keep(history, acc)  # (B,) NaN / inf errors never stay cached
+        keep = self._keep(history, acc, previous)  # (B,) NaN / inf errors never stay cached
         decision = Decision.from_keep(keep)  # reads the full rows (a second sync)
         if decision.any_full:  # off the cached steps' hot path: reset, count non-finite
             self.acc = torch.where(keep, acc, 0.0)  # full rows start a new accumulation
             self.nonfinite = self.nonfinite + ~acc.isfinite()
         return decision
 
-    def _keep(self, history: History, acc: Tensor) -> Tensor:
-        """Rows that stay cached: A <= tau."""
+    def _keep(self, history: History, acc: Tensor, previous: Tensor) -> Tensor:
+        """Rows that stay cached: A <= tau (``previous``: A before this step's error)."""
         return acc <= self.threshold
 
     def _all_cached(self, acc: Tensor) -> bool:
@@ -297,8 +297,8 @@ class BudgetSchedule(RCSSchedule):
         """The budget rule has no single threshold: always evaluated per row (:meth:`_keep`)."""
         return False
 
-    def _keep(self, history: History, acc: Tensor) -> Tensor:
-        error = torch.nan_to_num(acc - self.acc, nan=0.0, posinf=0.0)  # (B,) this step's
+    def _keep(self, history: History, acc: Tensor, previous: Tensor) -> Tensor:
+        error = torch.nan_to_num(acc - previous, nan=0.0, posinf=0.0)  # (B,) this step's
         self.err_sum = error if self.err_sum is None else self.err_sum + error
         self.err_count += 1
         left = self.steps - history.step  # steps left, this one included

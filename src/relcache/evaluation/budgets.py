@@ -62,7 +62,7 @@ class BenchMethod:
         example = self.entry.example(**self.knobs)
         scope = getattr(example, "scope", "sample")
         extra = "" if scope == "sample" else f" scope={scope}"
-        return f"{self.entry.label} m={example.order}{extra}"
+        return f"{self.entry.label} m={example.order}{extra}{example.unit}"
 
 
 def bench_method(name: str) -> BenchMethod:
