@@ -379,6 +379,20 @@ def test_budget_mode_gives_exactly_the_budget_to_every_row() -> None:
             run_trajectory(model, xs)
 
 
+def test_budget_mode_spreads_its_full_steps() -> None:
+    """The budget rule compares the accumulated error with the share one gap should carry:
+    full steps are spread over the trajectory, not spent at its start (a regression: the rule
+    once read this step's error as zero and ran the first nfc steps fully)."""
+    model, xs = _model(), _inputs(30, batch=2)
+    with relcache.cached(model, relcache.RFC(order=2, nfc=8, steps=30), patterns=PATTERNS):
+        with torch.no_grad():
+            run_trajectory(model, xs)
+        schedules = relcache.stats(model).schedules["call0"]
+    for steps in schedules:
+        assert len(steps) == 8 and steps != list(range(8))
+        assert steps[-1] >= 20  # the last stretch of the trajectory gets a full step too
+
+
 def test_sample_scope_pairs_cfg_rows_and_sequential_branches() -> None:
     model, xs = _model(), _inputs(30, batch=4)  # rows move at four different paces
     for scope in ("row", "sample"):  # batched CFG: equal halves of latents, other conditioning
