@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The hot-path and granularity issues' GPU check in one run (H100/H200 class, ~10 minutes): kernel
-# DiT-XL/2 and FLUX.1-dev size, then timed 50-step generations, eager / compiled / CUDA graphs.
+# counts at DiT-XL/2 and FLUX.1-dev size, then timed 50-step generations, eager / compiled / CUDA graphs.
 # Run from the repo root; results land in ${OUT:-gpu_results}/.
 set -uo pipefail
 OUT=${OUT:-gpu_results}
