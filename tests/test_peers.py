@@ -195,3 +195,22 @@ def test_bench_with_peers_writes_the_peers_section(tmp_path) -> None:
     report = (tmp_path / "report.md").read_text()
     assert "## Peers" in report and "### Could not run" in report
     assert (tmp_path / "quality_vs_gflops_peers.png").exists()
+
+
+def test_trade_off_marks_rows_no_peer_beats_on_all_three() -> None:
+    from types import SimpleNamespace
+
+    from relcache.evaluation.peers_report import beaten_by, trade_off
+
+    ours = {"label": "stack", "psnr": 40.0, "fd2fc": 0.2, "ms_per_image": 80.0,
+            "peak_cache_mb": 20.0, "gflops": 10.0}  # fmt: skip
+    slow = {**ours, "label": "module", "ms_per_image": 120.0, "peak_cache_mb": 200.0}
+    peer = {"label": "peer", "method": "p", "budget": 14, "psnr": 41.0, "fd2fc": 0.1,
+            "ms_per_image": 100.0, "peak_cache_mb": 10.0, "gflops": 10.0}  # fmt: skip
+    assert beaten_by(slow, peer) and not beaten_by(ours, peer)
+    results = {"runs": {"a@14": ours, "b@14": slow}, "peers": {"p@14": peer}}
+    s = SimpleNamespace(methods=["a", "b"])
+    table = "\n".join(trade_off(results, s, 14))
+    lines = {ln.split("|")[1].strip(): ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert lines["stack"].rstrip().endswith("| yes |")
+    assert not lines["module"].rstrip().endswith("| yes |")

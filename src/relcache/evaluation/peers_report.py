@@ -63,7 +63,8 @@ def peers_section(results: dict, s: BenchSettings) -> list[str]:
         rows = our_rows(results, s, budget) + peer_rows(results, budget)
         if rows:
             lines += [f"### NFC {budget} of {s.steps}", "",
-                      format_rows(rows), "", *verdict(results, s, budget), ""]  # fmt: skip
+                      format_rows(rows), "", *verdict(results, s, budget), "",
+                      *trade_off(results, s, budget)]  # fmt: skip
     defaults = peer_rows(results, None)
     if defaults:
         lines += ["### Peers at their documented defaults", "", format_rows(defaults), ""]
@@ -97,6 +98,40 @@ def verdict(results: dict, s: BenchSettings, budget: int) -> list[str]:
         return []
     fastest = min(peers, key=lambda r: r["ms_per_image"])
     return [_verdict_line(ours, peers, fastest) for ours in our_rows(results, s, budget)]
+
+
+TRADE_OFF = ("label", "psnr", "fd2fc", "ms_per_image", "peak_cache_mb", "unbeaten")
+
+
+def beaten_by(ours: dict, peer: dict) -> bool:
+    """Whether ``peer`` is at least as good as ``ours`` on quality (PSNR and FD2FC), speed
+    (ms/image) and memory (cache MiB) all at once."""
+    return (
+        peer["psnr"] >= ours["psnr"]
+        and peer["fd2fc"] <= ours["fd2fc"]
+        and peer["ms_per_image"] <= ours["ms_per_image"]
+        and peer["peak_cache_mb"] <= ours["peak_cache_mb"]
+    )
+
+
+def trade_off(results: dict, s: BenchSettings, budget: int) -> list[str]:
+    """Quality against ms/image and cache MiB at this budget; "yes" where no peer is at least
+    as good on all three (issue 20's trade-off table)."""
+    peers = [r for r in peer_rows(results, budget) if finite(r.get("psnr"))]
+    ours = our_rows(results, s, budget)
+    if not peers or not ours:
+        return []
+    rows = [{**r, "unbeaten": "yes" if not any(beaten_by(r, p) for p in peers) else ""}
+            for r in ours] + [{**p, "unbeaten": "(peer)"} for p in peers]  # fmt: skip
+    rows.sort(key=lambda r: r["ms_per_image"])
+    formats = {"ms_per_image": "{:.1f}", "peak_cache_mb": "{:.1f}"}
+    return [
+        f"Trade-off at NFC {budget}, fastest first; **unbeaten**: no peer is at least as good on "
+        "PSNR, FD2FC, ms/image and cache MiB at once.",
+        "",
+        format_markdown(rows, TRADE_OFF, formats),
+        "",
+    ]
 
 
 def _verdict_line(ours: dict, peers: list[dict], fastest: dict) -> str:
