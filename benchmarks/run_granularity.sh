@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The granularity trade-off (issue 20; benchmarks/results/granularity/report.md): the shipped
-# DiT-FM, DDIM 50 steps, CFG 3, 1000 images (seeds 0-999), the paper's DiT budgets. Module-level
+# DiT-FM, DDIM 50 steps, CFG 3, 1000 images (seeds 0-999), NFC 14, 11, 10, 8. Module-level
 # TaylorSeer m=2 and the recommended rfe2:clamp=1.05 against block- and stack-granularity caches
 # (TaylorSeer, RFE, RFC with RCS watching its driver module; thresholds calibrated on seeds
 # 100000+; RFC in budget mode). One process; each budget runs under the shared lock so other jobs can interleave.
@@ -13,7 +13,7 @@ OUT="${OUT:-benchmarks/results/granularity}"
 METHODS="taylorseer2,taylorseer2:granularity=stack,rfe2:granularity=block,rfe2:granularity=stack"
 METHODS="$METHODS,rfe2:clamp=1.05,rfc2:granularity=stack,budget2:granularity=stack"
 done_budgets=""
-for b in ${BUDGETS:-14 11 10 8 7}; do
+for b in ${BUDGETS:-14 11 10 8}; do  # NFC 7 (and 14, 10 again): run_peers_granularity.sh
   done_budgets="${done_budgets:+$done_budgets,}$b"
   resume=()
   [ -f "$OUT/results.json" ] && resume=(--resume)
