@@ -45,13 +45,20 @@ from relcache.caching.stats import CacheStats
 __version__ = "0.1.0"
 
 
+_LAZY = {  # name -> the evaluation module it is loaded from on first use
+    "fit_schedule": "relcache.evaluation.fitting",
+    "plan": "relcache.evaluation.memory_plan",
+}
+
+
 def __getattr__(name: str) -> object:
-    """``relcache.fit_schedule``: loaded on first use from ``evaluation/fitting.py`` (it runs
-    generations, so it lives in evaluation; ``import relcache`` stays light)."""
-    if name == "fit_schedule":
+    """``relcache.fit_schedule`` (``evaluation/fitting.py``: it runs generations) and
+    ``relcache.plan`` (``evaluation/memory_plan.py``: a memory plan on the meta device), loaded
+    on first use so that ``import relcache`` loads no evaluation code."""
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module("relcache.evaluation.fitting").fit_schedule
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'relcache' has no attribute {name!r}")
 
 
@@ -80,6 +87,7 @@ __all__ = [
     "method_for",
     "load_profile",
     "observe",
+    "plan",
     "recommended",
     "register_method",
     "remove",

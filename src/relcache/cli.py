@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # subcommand name -> module in relcache.commands exposing register(subparsers) and run(args)
-COMMANDS = ("demo", "flops", "generate", "bench", "calibrate")
+COMMANDS = ("demo", "flops", "generate", "bench", "calibrate", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:
