@@ -91,7 +91,10 @@ def test_rcs_compiles_to_two_graphs_with_the_eager_samples_and_schedules(model, 
         assert torch.equal(_sample(model), out)  # the same generation again: no new graph
         stats = relcache.stats(model)
     assert first == 2 and _graphs() == first and not counters["graph_break"]
-    assert torch.equal(out, ref)
+    if len({tuple(r) for rows in ref_stats.schedules.values() for r in rows}) == 1:
+        assert torch.equal(out, ref)
+    else:  # rows took different schedules: partial steps run their full rows as a sub-batch
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
     assert stats.schedules == ref_stats.schedules and stats.nfc == ref_stats.nfc
     assert stats.module_calls == ref_stats.module_calls
 
