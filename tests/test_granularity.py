@@ -136,6 +136,20 @@ def test_taylor_block_and_stack_agree_and_full_schedule_is_exact(model) -> None:
     assert not torch.equal(block, module)
 
 
+@pytest.mark.parametrize("granularity", ["block", "stack"])
+def test_fixed_weight_works_at_every_granularity(model, granularity: str) -> None:
+    """The paper's fixed-w ablation wraps like any predictor: w = 1 is TaylorSeer's unit."""
+    from relcache.caching.methods import FixedWeight
+
+    ts, _ = _sample(model, relcache.TaylorSeer(interval=3, granularity=granularity))
+    w1, _ = _sample(model, FixedWeight(interval=3, weight=1.0, granularity=granularity))
+    w08, stats = _sample(model, FixedWeight(interval=3, weight=0.8, granularity=granularity))
+    assert torch.equal(w1, ts) and not torch.equal(w08, ts) and torch.isfinite(w08).all()
+    assert stats.nfc == 5 and FixedWeight(weight=0.8, granularity=granularity).describe().endswith(
+        granularity
+    )
+
+
 def test_rfe_ratio_is_the_units_own(model) -> None:
     """RFE at block granularity: s = ||R(i) - R(j)|| / ||I(i) - I(j)|| of the block's residual
     R and its input I (RFC_SPEC §3 at the unit's level)."""

@@ -80,4 +80,13 @@ def test_configs_are_frozen() -> None:
 
 
 def test_registry_lists_every_method() -> None:
-    assert set(relcache.METHODS) == {"fora", "taylorseer", "rfc", "rfe", "rcs", "budget"}
+    assert set(relcache.METHODS) == {
+        "fora",
+        "taylorseer",
+        "rfc",
+        "rfe",
+        "rcs",
+        "budget",
+        "weighted",
+        "rcsall",
+    }

@@ -203,6 +203,8 @@ class CacheEngine:
                 self.see(br, self.targets.shown(forward, inputs, args, kwargs))
             elif br.decision is None:
                 self.undecided(name)
+            if br.scheduler.watches_all_inputs:  # every cached module's input, once decided
+                br.scheduler.at_module_input(name, br.history, br.decision, detached(inputs))
             return self.route(br, name, forward, inputs, args, kwargs)
 
         # Under torch.compile a cached module runs eagerly (a graph break around it): the step

@@ -282,3 +282,40 @@ def _row_distance(x: Tensor, y: Tensor, scratch: taylor.Scratch | None) -> Tenso
     else:
         diff = torch.sub(x, y, out=scratch.get(y))
     return torch.linalg.vector_norm(diff, dim=1)
+
+
+class WeightedPredictor(TaylorPredictor):
+    """A fixed magnitude weight w on Taylor's increment, the paper's ablation of RFE (§3-§4):
+    O_hat = f0 + w sum_{r>=1} f_r k^r / r!; w = 1 is TaylorSeer exactly.
+
+    The weight is folded into the step's coefficients once per step (:meth:`prepare`, one
+    multiply of the (B, m+1) row per factor dtype), so :meth:`predict` reads no step."""
+
+    def __init__(
+        self,
+        order: int,
+        weight: float,
+        warmup: int | None = None,
+        factors_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(order, warmup, factors_dtype)
+        self.weight = weight
+        self.scales: dict[tuple, Tensor] = {}  # per (dtype, device): [1, w, ..., w] (m+1,)
+        self.weighted: dict[torch.dtype, Tensor] = {}  # this step's coefficients per dtype
+
+    def prepare(self, history: History) -> None:
+        """This step's coefficients with the orders >= 1 scaled by w, once per dtype."""
+        coeffs = {dt: history.coefficients(self.order, dt) for dt in self.dtypes}  # (B, m+1)
+        self.weighted = {dt: self._weigh(c) for dt, c in coeffs.items()}
+
+    def _weigh(self, coeff: Tensor) -> Tensor:
+        """[c_0, w c_1, ..., w c_m] per row. (B, m+1) -> (B, m+1)"""
+        key = coeff.dtype, coeff.device
+        if key not in self.scales:
+            scale = torch.full((self.order + 1,), self.weight, dtype=coeff.dtype)
+            self.scales[key] = scale.index_fill(0, torch.tensor([0]), 1.0).to(coeff.device)
+        return coeff * self.scales[key]  # (B, m+1)
+
+    def coefficients(self, name, history, inputs) -> list[Tensor]:
+        factors = self.modules[name].factors  # prepared: no step is read here
+        return [self.weighted[taylor.accum_dtype(f.dtype)] for f in factors]

@@ -7,7 +7,9 @@ also called there, :meth:`Scheduler.at_input`, where it must decide if ``begin``
 ``None``. Under ``relcache.compile`` that call is made before the compiled forward, from an
 eager run up to the module, when the step's decision is unknown or partial; after the call,
 from the module's captured input, when the step is known to be all full; not at all when it is
-known to be all cached.
+known to be all cached. A scheduler that ``watches_all_inputs`` is also shown every cached
+module's input once the step is decided (:meth:`Scheduler.at_module_input`, eager calls only),
+the watched module's right after :meth:`Scheduler.at_input`.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Scheduler:
     adaptive: ClassVar[bool] = False  # the full steps depend on the data (no fixed schedule)
     shares_across_branches = False  # the branches of one step follow the first one's decision
     watches_input: ClassVar[bool] = False  # shown the watched module's input, at_input()
+    watches_all_inputs: ClassVar[bool] = False  # shown every module's input, at_module_input()
 
     def begin(self, history: History) -> Decision | None:
         """This step's decision, or None to decide at the watched module's input."""
@@ -97,6 +100,11 @@ class Scheduler:
         """Decide (if ``early`` is None) and record from the watched input; the decision."""
         assert early is not None, "a scheduler that returns None from begin() must decide here"
         return early
+
+    def at_module_input(
+        self, name: str, history: History, decision: Decision, inputs: list[Tensor]
+    ) -> None:
+        """A cached module's input once this step is decided (``watches_all_inputs``)."""
 
     def schedule(self, steps: int) -> list[int] | None:
         """The full steps of a ``steps``-step trajectory, or None when adaptive."""
@@ -308,3 +316,112 @@ class BudgetSchedule(RCSSchedule):
         if self.max_gap is not None:
             keep = keep & (history.step - history.last_full < self.max_gap)
         return (keep & (budget < left)) | (budget <= 0)
+
+
+@dataclass
+class ModuleInput:
+    """What RCS over every module keeps of one module other than the driver (§3)."""
+
+    factors: Tensor | None = None  # (B, m+1, N) Taylor factors of the module's input I_m
+    lag: Tensor | None = None  # (B,) e_m at the last step it was seen (None: 0, all rows full)
+    step: int = -1  # the step of ``recorded``
+    recorded: Tensor | None = None  # (B,) bool: rows recorded at ``step`` (None: none)
+
+
+class RCSAllSchedule(RCSSchedule):
+    """RCS monitoring every cached module, the paper's ablation (§3: "monitoring all modules
+    was not better"): the accumulated error is the mean of every module's relative L1 input
+    error, not the driver's alone.
+
+    Step i + k is decided at the driver's input, before the other modules run, so each module
+    enters with the latest error seen (a causal rule): e(k) = (e_0(k) + sum_{m>0} e_m(k-1)) / M,
+    e_0 the driver's error at this step (RCS's), e_m of another module at the previous step
+    (0 where that step was full for the row: its input was recorded, Î_m = I_m), M the cached
+    modules. Each e_m is :func:`relational.l1_error_terms` against the Taylor prediction of the
+    module's own input (factors of order m, RCS's update); A += e(k), shared by ``scope`` as in
+    RCS, A > tau -> full. With one cached module it is RCS exactly. Eager only: a compiled
+    graph does not show the modules' inputs (refused at the second call). FLOPs: the driver's
+    share of a cached step once per cached module (evaluation.flops; DiT's inputs are all the
+    driver's size).
+    """
+
+    watches_all_inputs = True
+
+    def __init__(self, threshold: float, order: int, warmup: int, scope: str = "sample") -> None:
+        super().__init__(threshold, order, warmup, scope)
+        self.others: dict[str, ModuleInput] = {}  # every cached module but the driver
+        self.driver: str | None = None  # the watched module's name, once shown
+        self._driver_next = False  # at_input ran: the next module shown is the driver
+
+    def at_input(self, history: History, early: Decision | None, inputs: list[Tensor]) -> Decision:
+        if self.driver is None and history.calls > 0:
+            raise RuntimeError(
+                "RCS over every module sees each cached module's input as it runs, which a "
+                "relcache.compile graph does not show; run this method without relcache.compile "
+                "(or use rcs, which watches the first module only)"
+            )
+        self._driver_next = True  # the engine shows this module to at_module_input next
+        return super().at_input(history, early, inputs)
+
+    def at_module_input(
+        self, name: str, history: History, decision: Decision, inputs: list[Tensor]
+    ) -> None:
+        """Record the full rows' input factors; keep the cached rows' error e_m for the next
+        step's decision (rows recorded at this step count 0)."""
+        if self._driver_next:  # the driver: RCS's own factors, recorded in at_input
+            self.driver, self._driver_next = name, False
+            return
+        x = inputs[0]  # (B, ...) the module's input I_m
+        st = self.others.setdefault(name, ModuleInput())
+        if st.step != history.step:
+            st.step, st.recorded = history.step, None
+        error = None
+        if not decision.all_full and st.factors is not None:  # before this step's record
+            coeff = history.coefficients(self.order)  # (B, m+1) shared with RCS and predictors
+            num, den = rel.l1_error_terms(x, taylor.combine(st.factors, coeff))  # (B,) each
+            error = num / den  # (B,) e_m
+        if decision.any_full:
+            rows = decision.rows
+            gap, nf = history.gaps(rows)
+            st.factors, _ = taylor.record_rows(
+                st.factors, taylor.select_rows(x, rows), gap, nf, rows, self.order, self.scratch
+            )
+            if rows is not None:  # (B,) bool: this step's recorded rows so far
+                done = st.recorded
+                if done is None:
+                    done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+                st.recorded = done.index_fill(0, rows, True)
+        if error is None or decision.all_full:
+            st.lag = None
+        else:
+            st.lag = error if st.recorded is None else torch.where(st.recorded, 0.0, error)
+
+    def _decide(self, history: History, x: Tensor) -> Decision:
+        """A = A + (e_0 + sum_m e_m(previous step)) / M, shared by scope; > tau -> full."""
+        if not self.others:  # one cached module: RCS itself
+            return super()._decide(history, x)
+        coeff = history.coefficients(self.order)  # (B, m+1) fp64
+        num, den = rel.l1_error_terms(x, taylor.combine(self.factors, coeff))  # (B,) each
+        error = num / den  # (B,) e_0(k)
+        lags = [st.lag for st in self.others.values() if st.lag is not None]
+        if lags:
+            error = error + torch.stack(lags).sum(0)  # (B,) + sum over modules of e_m(k-1)
+        error = error / (len(self.others) + 1)  # (B,) e(k), the mean over the M modules
+        paired = history.branches == 1 and history.paired
+        if self.scope == "row" or (self.scope == "sample" and not paired and not parallel.cfg()):
+            acc = self.acc + error  # (B,) each row decides alone
+        else:
+            acc = self.acc + share(error, self.scope, paired)
+        previous, self.acc = self.acc, acc  # from here on as RCSSchedule._decide
+        if self._all_cached(acc):  # RCS's single host sync per cached step
+            return CACHED
+        keep = self._keep(history, acc, previous)
+        decision = Decision.from_keep(keep)
+        if decision.any_full:
+            self.acc = torch.where(keep, acc, 0.0)
+            self.nonfinite = self.nonfinite + ~acc.isfinite()
+        return decision
+
+    def tensors(self) -> list[Tensor]:
+        held = [t for st in self.others.values() for t in (st.factors, st.lag) if t is not None]
+        return super().tensors() + held

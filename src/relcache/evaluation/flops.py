@@ -53,11 +53,15 @@ def step_costs(
     probe = None if config is None else config.with_full_steps(PROBE_STEPS)
     with relcache.cached(model, probe):
         counts = count_steps(model, call, 4, scope)
+        watched = len(relcache.api.cached_modules(model)) if probe is not None else 0
     cached = counts[3] if probe is not None else counts[2]
     if config is not None and config.adaptive:
         if rcs_input_shape is None:
             raise ValueError("an adaptive schedule's FLOPs need the driver input's shape")
-        cached += config.scheduler().cached_step_flops(rcs_input_shape)
+        scheduler = config.scheduler()
+        # RCS over every module predicts each cached module's input (DiT: all of the driver's size)
+        inputs = watched if scheduler.watches_all_inputs else 1
+        cached += inputs * scheduler.cached_step_flops(rcs_input_shape)
     return StepCosts(first=counts[0], full=counts[2], cached=cached)
 
 

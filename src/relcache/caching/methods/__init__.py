@@ -21,6 +21,7 @@ from relcache.caching.methods.profile import (
     weights_hash,
 )
 from relcache.caching.methods.rcs import RCS
+from relcache.caching.methods.rcs_all import RCSAll
 from relcache.caching.methods.registry import (
     KNOBS,
     METHODS,
@@ -33,6 +34,7 @@ from relcache.caching.methods.registry import (
 from relcache.caching.methods.rfc import RFC
 from relcache.caching.methods.rfe import RFE
 from relcache.caching.methods.taylorseer import TaylorSeer
+from relcache.caching.methods.weighted import FixedWeight
 from relcache.caching.schedulers import fixed_schedule, interval_for_nfc
 
 FIXED = ("interval", "warmup", "full_steps", "first")
@@ -67,6 +69,20 @@ for _entry in (
         ("order", "nfc", "steps", "warmup", "scope", "clamp"),
         "RFC with an exact budget of full steps per sample instead of a threshold",
     ),
+    MethodEntry(
+        "weighted",
+        "Fixed w",
+        FixedWeight,
+        ("order", "weight", *FIXED),
+        "the paper's ablation of RFE: Taylor's increment scaled by a fixed weight w",
+    ),
+    MethodEntry(
+        "rcsall",
+        "+RCS all",
+        RCSAll,
+        ("order", "threshold", "warmup", "scope"),
+        "the paper's ablation of RCS: the error of every cached module's input, not the first's",
+    ),
 ):
     register_method(_entry)
 
@@ -95,12 +111,14 @@ def recommended(
 __all__ = [
     "FORA",
     "RCS",
+    "RCSAll",
     "RFE",
     "Budget",
     "KNOBS",
     "METHODS",
     "RFC",
     "CacheMethod",
+    "FixedWeight",
     "Composed",
     "Knob",
     "MethodEntry",

@@ -34,6 +34,7 @@ KNOBS: dict[str, Knob] = {
         Knob("nfc", int, "RCS budget mode: exactly this many full steps per sample"),
         Knob("steps", int, "RCS budget mode: the sampler's number of steps (default 50)"),
         Knob("clamp", float, "RFE magnitude within [1/c, c] x the Taylor increment's length"),
+        Knob("weight", float, "fixed magnitude weight w on Taylor's increment (1: TaylorSeer)"),
         Knob(
             "first",
             int,
