@@ -16,6 +16,9 @@ from relcache.evaluation.fitting import (
     SearchPaused,
     greedy_exchange,
     moves,
+    scan,
+    spread,
+    start_candidates,
     start_schedule,
     state_path,
 )
@@ -37,6 +40,22 @@ def test_start_is_taylorseers_fixed_schedule_or_an_even_spread() -> None:
     for nfc in range(3, 51):
         s = start_schedule(nfc, 50)
         assert len(s) == nfc and s[:2] == (0, 1) and list(s) == sorted(set(s)) and s[-1] < 50
+
+
+def test_start_candidates_scan_the_phase_and_the_span() -> None:
+    assert spread(2, 49, 5) == (2, 14, 26, 37, 49) and spread(7, 7, 1) == (7,)
+    found = start_candidates(8, 50)  # N = 7: firsts 2..8, lasts 49, 46, 42
+    assert found[0] == start_schedule(8, 50) and len(found) == len(set(found))
+    assert (0, 1, 7, 13, 20, 26, 33, 39) == start_candidates(8, 40)[6]  # first 7, last 39
+    assert {c[2] for c in found} == set(range(2, 9)) and {c[-1] for c in found} >= {49, 46, 42}
+    for nfc in range(3, 51):
+        for c in start_candidates(nfc, 50):
+            assert len(c) == nfc and c[:2] == (0, 1) and list(c) == sorted(set(c)) and c[-1] < 50
+
+
+def test_the_scan_starts_the_exchange_from_the_best_candidate(tiny) -> None:
+    scores = {(0, 1, 4): 1.0, (0, 1, 5): 3.0, (0, 1, 6): 3.0}
+    assert scan(scores.__getitem__, list(scores)) == (0, 1, 5)  # the first of a tie
 
 
 def test_moves_keep_the_order_and_the_range() -> None:

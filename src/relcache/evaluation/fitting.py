@@ -1,9 +1,12 @@
 """Fit a schedule: which steps run fully, searched on calibration images against full compute.
 
-The search starts from TaylorSeer's fixed schedule with the budget's NFC (§2) and moves one
-refresh step at a time (greedy local exchange): each pass tries every refresh step moved by
-1..``radius`` steps either way (order kept, warm-up steps fixed) and keeps the best move when it
-raises the score by more than ``min_gain``; it stops after a pass that keeps none. One candidate
+The search first scans even spreads of the refreshes (``start_candidates``: TaylorSeer's fixed
+schedule with the budget's NFC (§2), and the refreshes spread evenly from each first step within
+one interval after the warm-up to one of a few last steps: the phase and the span, a few
+generations), then moves one refresh step at a time from the best of them (greedy local
+exchange): each pass tries every refresh step moved by 1..``radius`` steps either way (order
+kept, warm-up steps fixed) and keeps the best move when it raises the score by more than
+``min_gain``; it stops after a pass that keeps none. One candidate
 costs one generation of the calibration images (batched), scored by the mean PSNR of the final
 images against full compute, whose samples are made once. Scores are stored in a state file after
 every generation; a resumed search replays them (the search is deterministic) and goes on.
@@ -32,7 +35,7 @@ from relcache.evaluation.metrics import psnr
 from relcache.evaluation.runner import run_method, sample_set
 
 REPORT_SEEDS = range(0, 1000)  # the held-out seeds of the committed bench: never fitted on
-ALGORITHM = "greedy local exchange"
+ALGORITHM = "scan of even spreads, then greedy local exchange"
 
 Schedule = tuple[int, ...]
 
@@ -104,6 +107,35 @@ def start_schedule(nfc: int, steps: int, warmup: int = 2) -> Schedule:
     refreshes = nfc - warmup
     spread = [warmup - 1 + round((i + 1) * (steps - warmup) / refreshes) for i in range(refreshes)]
     return (*range(warmup), *spread)
+
+
+def spread(first: int, last: int, refreshes: int) -> tuple[int, ...]:
+    """``refreshes`` steps spread evenly from ``first`` to ``last`` (both kept; one: first)."""
+    if refreshes == 1:
+        return (first,)
+    return tuple(first + round(j * (last - first) / (refreshes - 1)) for j in range(refreshes))
+
+
+def start_candidates(nfc: int, steps: int, warmup: int = 2) -> list[Schedule]:
+    """The schedules the search scans before its local moves: TaylorSeer's fixed one, then the
+    refreshes spread evenly from each first step in ``warmup .. warmup + N - 1`` (N the budget's
+    interval, its phase) to the last step, or half or one interval before it (its span)."""
+    interval = interval_for_nfc(nfc, steps, warmup)
+    refreshes = nfc - warmup
+    found = [start_schedule(nfc, steps, warmup)]
+    for last in sorted({steps - 1, steps - 1 - interval // 2, steps - 1 - interval}, reverse=True):
+        for first in range(warmup, warmup + interval):
+            if last - first + 1 < refreshes:
+                continue
+            candidate = (*range(warmup), *spread(first, last, refreshes))
+            if candidate not in found:
+                found.append(candidate)
+    return found
+
+
+def scan(score: Callable[[Schedule], float], candidates: Sequence[Schedule]) -> Schedule:
+    """The best-scoring of ``candidates`` (the first on ties)."""
+    return max(candidates, key=lambda c: (score(c), -candidates.index(c)))
 
 
 def moves(schedule: Schedule, index: int, radius: int, steps: int) -> list[Schedule]:
@@ -260,7 +292,8 @@ def run_fit(
     start = start_schedule(s.nfc, s.steps, s.warmup)
     with Scorer(model, s, state, max_seconds, progress) as score:
         try:
-            best, after, passes = greedy_exchange(score, start, s.warmup, s.radius, s.steps,
+            begin = scan(score, start_candidates(s.nfc, s.steps, s.warmup))
+            best, after, passes = greedy_exchange(score, begin, s.warmup, s.radius, s.steps,
                                                   s.min_gain)  # fmt: skip
             stopped = "converged"
         except CapReached:
@@ -329,7 +362,8 @@ def _profile(model: nn.Module, s: FitSettings, digest: str, model_name: str | No
     score = {"metric": "mean PSNR (dB) of the final images vs full compute", "before": before,
              "after": after, "start_full_steps": list(start)}  # fmt: skip
     search = {
-        "algorithm": ALGORITHM, "radius": s.radius, "min_gain_db": s.min_gain,
+        "algorithm": ALGORITHM, "scanned_starts": len(start_candidates(s.nfc, s.steps, s.warmup)),
+        "radius": s.radius, "min_gain_db": s.min_gain,
         "calibration_seeds": [s.seed, s.seed + s.samples - 1], "images_per_generation": s.samples,
         "generations": len(state.scores), "reference_generations": state.references,
         "seconds": round(state.seconds, 1), "passes": passes, "stopped": stopped,
