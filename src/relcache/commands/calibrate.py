@@ -10,10 +10,11 @@ DESCRIPTION = """\
 Searches which steps run fully at a budget of --nfc full steps (a scan of even spreads of the
 refresh steps: TaylorSeer's fixed schedule, each phase within one interval and a few last steps;
 then greedy local exchange from the best: each refresh step moved by up to --radius while the
-mean PSNR of the final images against full compute rises), on --samples calibration images (seeds --seed.., never
-the report's 0-999), one batched generation per candidate. Writes the profile (JSON) to --out;
-`relcache.from_profile(path)` and `relcache generate --profile` load it. The search state is kept
-beside the profile (NAME.search.json): --resume continues an interrupted search.
+mean PSNR of the final images against full compute rises), on --samples calibration images
+(seeds --seed.., never the report's 0-999), one batched generation per candidate. Writes the
+profile (JSON) to --out; `relcache.from_profile(path)` and `relcache generate --profile` load it.
+The search state is kept beside the profile (NAME.search.json): --resume continues an
+interrupted search.
 
   relcache calibrate --nfc 8 --out nfc8.json
   relcache calibrate --nfc 8 --out nfc8.json --max-seconds 300      # pause, then:
