@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import relcache
 from relcache import RFC
 from relcache.cli import build_parser, main
 from relcache.evaluation import distributed
@@ -212,3 +213,37 @@ def test_report_rows_carry_the_wall_clock_overhead_over_taylorseer() -> None:
     rows = [_vs_taylorseer(r, group) for r in group]
     assert "wall_vs_taylorseer" not in rows[0] and "wall_vs_taylorseer" not in rows[2]
     assert abs(rows[1]["wall_vs_taylorseer"] - 4.0) < 1e-9
+
+
+def test_fitted_rows_run_the_profile_fitted_for_each_budget(
+    model, classifier, tmp_path, monkeypatch
+) -> None:
+    """``name:fitted`` runs a fixed-schedule method on the model's profile for each budget (the
+    lookup is monkeypatched: no profile ships for the tiny random model), and says the fix when
+    a budget has none."""
+    from relcache.caching.methods.profile import Profile
+    from relcache.evaluation import bench as bench_module
+
+    fitted = {5: (0, 1, 2, 4, 6), 4: (0, 1, 3, 6)}
+    asked = []
+
+    def find(m, nfc, steps, cfg_scale=None):
+        asked.append((nfc, steps, cfg_scale))
+        if nfc not in fitted:
+            return None
+        return Profile("tiny", "x", steps, cfg_scale, nfc, "taylorseer2", fitted[nfc])
+
+    monkeypatch.setattr(bench_module, "find_profile", find)
+    s = _settings(tmp_path, methods=("taylorseer2:fitted",), analysis=False)
+    runs = run_bench(model, classifier, s)["runs"]
+    for b, steps in fitted.items():
+        row = runs[f"taylorseer2:fitted@{b}"]
+        assert row["full_steps"] == list(steps) and row["nfc"] == len(steps)
+        assert row["config"] == repr(relcache.TaylorSeer(order=2, full_steps=steps))
+    assert (5, 8, 3.0) in asked
+    assert bench_method("taylorseer2:fitted").family == "TaylorSeer m=2 fitted"
+    with pytest.raises(ValueError, match="relcache calibrate --nfc 3"):
+        run_bench(model, classifier, _settings(tmp_path / "b", methods=("taylorseer2:fitted",),
+                                               budgets=(3,), analysis=False))  # fmt: skip
+    with pytest.raises(ValueError, match="fixed-schedule method"):
+        bench_method("rfc2:fitted")

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from relcache.caching.methods import CacheMethod
+from relcache.caching.methods.profile import find_profile
 from relcache.evaluation import analysis, resume
 from relcache.evaluation import distributed as dist
 from relcache.evaluation.budgets import (
@@ -25,7 +26,7 @@ from relcache.evaluation.budgets import (
     diagnosis_configs,
 )
 from relcache.evaluation.hot_path import step_counts
-from relcache.evaluation.peers import calibrated, run_peer, tune_peer
+from relcache.evaluation.peers import calibrated, run_peer, search_peer
 from relcache.evaluation.quality import Quality
 from relcache.evaluation.reference import reference
 from relcache.evaluation.report import grid_path, write_report
@@ -130,9 +131,23 @@ class Bench:
 
         bracket = self._bracket(name, budget)
         try:
-            return config_for_budget(name, budget, self.s.steps, measure, bracket=bracket)
+            return config_for_budget(name, budget, self.s.steps, measure, bracket=bracket,
+                                     fitted_steps=self._fitted_steps)  # fmt: skip
         finally:
             bar.close()
+
+    def _fitted_steps(self, budget: int) -> tuple[int, ...]:
+        """The full steps of the shipped profile fitted on this model for ``budget``."""
+        s = self.s
+        profile = find_profile(self.model, budget, s.steps, s.cfg_scale)
+        if profile is None:
+            raise ValueError(
+                f"no shipped profile is fitted on this model for NFC {budget} at {s.steps} "
+                f"steps, CFG {s.cfg_scale}: fit one (relcache calibrate --nfc {budget} --steps "
+                f"{s.steps} --cfg-scale {s.cfg_scale} --out nfc{budget}.json), add it to "
+                "relcache/assets/profiles, or drop ':fitted' / this budget"
+            )
+        return profile.full_steps
 
     def _bracket(self, method: str, budget: int) -> tuple[float, float]:
         """Search range for tau, narrowed by this method's thresholds at other budgets
@@ -194,22 +209,24 @@ class Bench:
                     self.save_results()
 
     def _peer_row(self, name: str, budget: int | None) -> dict:
-        """One peer run's row, or the error that stopped it (the report says why)."""
+        """One peer run's row, or the error that stopped it (the report says why); with a
+        budget, the winner of its search on the calibration seeds (``peers.search_peer``)."""
         s, peer = self.s, get_peer(name)
         head = {"peer": name, "method": name, "budget": budget,
                 "family": peer.label + (" (defaults)" if budget is None else "")}  # fmt: skip
         kw = dict(steps=s.steps, cfg_scale=s.cfg_scale)
-        cal_seeds, cal_labels = sample_set(s.calibration_seed, s.calibration_samples,
-                                           self.model.config.num_classes)  # fmt: skip
+        cal_seeds, cal_labels = self._calibration_set()
         try:
             peer = calibrated(self.model, peer, cal_seeds, cal_labels, **kw)
             extra = {}
             if budget is not None:
                 target = self.results["runs"][f"{s.match_method}@{budget}"]["gflops"]
-                start = peer.tuned(s.steps, WARMUP)
-                peer, cal = tune_peer(self.model, start, target, cal_seeds, cal_labels, **kw,
-                                      progress=s.progress)  # fmt: skip
-                extra = {"target_gflops": target, "calibration_gflops": cal}
+                found = search_peer(self.model, peer, target, cal_seeds, cal_labels,
+                                    self._calibration_reference(), **kw, warmup=WARMUP,
+                                    progress=s.progress)  # fmt: skip
+                peer = found.peer
+                extra = {"target_gflops": target, "calibration_gflops": found.run.gflops,
+                         "search": found.record}  # fmt: skip
             same = self._same_peer(peer.describe())
             if same is not None:  # tuned to the same knob at another budget: reuse the run
                 return {**same, **head, **extra}
@@ -232,6 +249,22 @@ class Bench:
             "summary": run.summary,
             **self.rows.quality(gen.images),
         }
+
+    def _calibration_set(self) -> tuple[list[int], torch.Tensor]:
+        """The calibration seeds and labels (disjoint from the reported ones)."""
+        s = self.s
+        return sample_set(s.calibration_seed, s.calibration_samples, self.model.config.num_classes)
+
+    def _calibration_reference(self) -> torch.Tensor:
+        """Full compute's images of the calibration seeds (peers' candidates are scored against
+        them), generated once in one batch, as the peers' calibration runs are."""
+        if getattr(self, "_cal_reference", None) is None:
+            seeds, labels = self._calibration_set()
+            gen = run_method(self.model, None, seeds, labels, steps=self.s.steps,
+                             cfg_scale=self.s.cfg_scale, batch_size=len(seeds),
+                             progress=False)  # fmt: skip
+            self._cal_reference = gen.images
+        return self._cal_reference
 
     def _same_peer(self, label: str) -> dict | None:
         """A finished peer run with exactly this configuration, if any."""
@@ -370,7 +403,9 @@ def config_of_row(row: dict, steps: int) -> CacheMethod | None:
         return None
     spec = bench_method(row["method"])
     try:
-        if row.get("threshold") is not None:
+        if row.get("full_steps") is not None and spec.fitted:
+            config = spec.entry.make(**spec.knobs, full_steps=tuple(row["full_steps"]))
+        elif row.get("threshold") is not None:
             config = spec.entry.make(**spec.knobs, threshold=row["threshold"])
         else:
             config = spec.entry.for_nfc(row["budget"], steps, **spec.knobs)[0]

@@ -8,7 +8,7 @@ NFC matches it, bisected on calibration images (the paper's protocol, §3).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relcache.caching.methods import (
@@ -24,6 +24,7 @@ from relcache.caching.methods import (
 
 __all__ = [
     "DEFAULT_METHODS",
+    "FITTED",
     "TAU_RANGE",
     "WARMUP",
     "BenchMethod",
@@ -39,6 +40,7 @@ WARMUP = 2  # DiT's official warmup; every bench method uses it
 TAU_RANGE = (1e-3, 10.0)  # where the threshold search starts
 # the paper's comparison: FORA, TaylorSeer and RFC at m = 1, 2, and its ablations at m = 1
 DEFAULT_METHODS = ("fora", "taylorseer1", "taylorseer2", "rfc1", "rfc2", "rfe1", "rcs1")
+FITTED = ":fitted"  # bench-only suffix: a fixed-schedule method on the schedule fitted per budget
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class BenchMethod:
     name: str
     entry: MethodEntry
     knobs: dict
+    fitted: bool = False  # on the model's fitted profile for each budget (``name:fitted``)
 
     @property
     def adaptive(self) -> bool:
@@ -62,18 +65,26 @@ class BenchMethod:
         example = self.entry.example(**self.knobs)
         scope = getattr(example, "scope", "sample")
         extra = "" if scope == "sample" else f" scope={scope}"
+        extra += " fitted" if self.fitted else ""
         return f"{self.entry.label} m={example.order}{extra}{example.unit}"
 
 
 def bench_method(name: str) -> BenchMethod:
-    """The bench method ``name`` (registry name, optional trailing order; ValueError lists all)."""
-    entry, knobs = parse_method(name)
+    """The bench method ``name`` (registry name, optional trailing order, optional ``:fitted``;
+    ValueError lists the registered methods)."""
+    fitted = name.endswith(FITTED)
+    entry, knobs = parse_method(name.removesuffix(FITTED))
     if "warmup" in knobs:
         raise ValueError(
             f"bench method {name!r} sets warmup, but every bench method uses warmup={WARMUP} "
             "(the budgets are matched over the same warmup); drop warmup="
         )
-    return BenchMethod(name, entry, {**knobs, "warmup": WARMUP})
+    if fitted and ("full_steps" not in entry.knobs or {"interval", "first"} & set(knobs)):
+        raise ValueError(
+            f"bench method {name!r}: ':fitted' runs a fixed-schedule method (taylorseer2, rfe2, "
+            "fora) on the schedule fitted for each budget, without interval= or first="
+        )
+    return BenchMethod(name, entry, knobs if fitted else {**knobs, "warmup": WARMUP}, fitted)
 
 
 def calibrate_threshold(
@@ -116,13 +127,21 @@ def config_for_budget(
     measure_nfc: Callable[[CacheMethod], float],
     *,
     bracket: tuple[float, float] = TAU_RANGE,
+    fitted_steps: Callable[[int], Sequence[int]] | None = None,
 ) -> tuple[CacheMethod, dict]:
-    """Bench method ``name`` at ``budget``, and how it was chosen (interval or threshold).
+    """Bench method ``name`` at ``budget``, and how it was chosen (interval, threshold or the
+    fitted schedule).
 
     The registry's ``for_nfc`` picks the interval; for RCS methods this module's calibration
-    finds the threshold: ``measure_nfc(config)`` gives the mean NFC on the calibration images.
+    finds the threshold: ``measure_nfc(config)`` gives the mean NFC on the calibration images;
+    ``name:fitted`` takes ``fitted_steps(budget)``, the full steps fitted for the model.
     """
     spec = bench_method(name)
+    if spec.fitted:
+        if fitted_steps is None:
+            raise ValueError(f"{name!r} needs the model's fitted schedules (fitted_steps=)")
+        full = tuple(fitted_steps(budget))
+        return spec.entry.make(**spec.knobs, full_steps=full), {"full_steps": list(full)}
 
     def calibrate(make: Callable[[float], CacheMethod], target: float) -> tuple[float, dict]:
         tau, cal_nfc = calibrate_threshold(
