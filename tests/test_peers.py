@@ -3,17 +3,31 @@ by the project's sampler, FLOPs counted and knobs tuned like relcache's; the ben
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 import relcache
-from relcache.evaluation.peers import cache_bytes, calibrated, run_peer, step_infos, tune_peer
-from relcache.evaluation.runner import run_method
+from relcache.evaluation import peers as peer_runs
+from relcache.evaluation.peers import (
+    Candidate,
+    PeerRun,
+    cache_bytes,
+    calibrated,
+    pick_candidate,
+    run_peer,
+    search_peer,
+    step_infos,
+    tune_peer,
+)
+from relcache.evaluation.rows import json_safe
+from relcache.evaluation.runner import Generation, run_method
 from relcache.evaluation.settings import BenchSettings
-from relcache.peers import PEERS, PeerUnavailable, applied, get_peer
+from relcache.peers import PEERS, Knob, Peer, PeerUnavailable, applied, get_peer
 from relcache.sampling.ddim import ddim_schedule
 
 pytest.importorskip("diffusers")
@@ -192,8 +206,14 @@ def test_bench_with_peers_writes_the_peers_section(tmp_path) -> None:
     tuned = peers["diffusers-fbc@4"]
     assert tuned["target_gflops"] == results["runs"]["taylorseer2@4"]["gflops"]
     assert tuned["gflops"] > 0 and tuned["fd2fc"] is not None
+    assert [c["knobs"].keys() for c in tuned["search"]["candidates"]] == [{"threshold"}]
+    search = peers["cachedit-dbcache@4"]["search"]  # 2 blocks: only F1B0, with 2 or 4 warmups
+    assert [c["knobs"]["max_warmup_steps"] for c in search["candidates"]] == [2, 4]
+    assert len(search["skipped"]) == 6 and search["winner"] in (0, 1)
     report = (tmp_path / "report.md").read_text()
     assert "## Peers" in report and "### Could not run" in report
+    assert "#### cache-dit DBCache (`cachedit-dbcache`)" in report
+    assert "`max_warmup_steps` in {2, 4}" in report and "| budget | winner |" in report
     assert (tmp_path / "quality_vs_gflops_peers.png").exists()
 
 
@@ -214,3 +234,113 @@ def test_trade_off_marks_rows_no_peer_beats_on_all_three() -> None:
     lines = {ln.split("|")[1].strip(): ln for ln in table.splitlines() if ln.startswith("| ")}
     assert lines["stack"].rstrip().endswith("| yes |")
     assert not lines["module"].rstrip().endswith("| yes |")
+
+
+# ----- the search over each peer's documented secondary knobs -----
+
+
+@dataclass
+class FakePeer(Peer):
+    """A peer whose runs are faked (``fake_runs``): GFLOPs from its threshold and a floor per
+    cap, image error per cap; cap 3 cannot run."""
+
+    name: str = "fake"
+    label: str = "fake cache"
+    knob: Knob | None = Knob("t", 0.01, 1.0, log=False)
+    space: dict = dataclasses.field(default_factory=lambda: {"cap": (0, 1, 2, 3)})
+
+    def apply(self, transformer, steps) -> None: ...
+
+    def remove(self, transformer) -> None: ...
+
+    def reset(self, transformer) -> None: ...
+
+
+FLOOR = {0: 0.0, 1: 0.0, 2: 8.0}  # cap 2 cannot go below 8 GFLOPs
+ERROR = {0: 0.1, 1: 0.05, 2: 0.001}  # ... but has the best images
+REFERENCE = torch.zeros(4, 1, 28, 28)
+
+
+@pytest.fixture
+def fake_runs(monkeypatch) -> None:
+    """``run_peer`` replaced: no model runs."""
+
+    def run(model, peer, seeds, labels, **kw) -> PeerRun:
+        cap, t = peer.knobs["cap"], peer.knobs["t"]
+        if cap == 3:
+            raise PeerUnavailable("cap 3 does not fit this model")
+        images = REFERENCE + ERROR[cap]
+        gen = Generation(images, torch.full((4,), float("nan")), 0.0, 0)
+        return PeerRun(gen, max(FLOOR[cap], 10 * (1 - t)), {})
+
+    monkeypatch.setattr(peer_runs, "run_peer", run)
+
+
+def _fake_search(target: float = 5.0):
+    return search_peer(None, FakePeer(), target, [0, 1, 2, 3], torch.zeros(4), REFERENCE,
+                       steps=STEPS, cfg_scale=2.0, warmup=2, iterations=20)  # fmt: skip
+
+
+def test_search_picks_the_best_psnr_that_meets_the_budget(fake_runs) -> None:
+    """Cap 2 has the best images but cannot reach the target: cap 1, the next best, wins."""
+    found = _fake_search()
+    record = found.record
+    assert found.peer.knobs["cap"] == 1 and found.run.gflops == pytest.approx(5.0, rel=0.01)
+    assert [c["knobs"]["cap"] for c in record["candidates"]] == [0, 1, 2]
+    assert [c["meets"] for c in record["candidates"]] == [True, True, False]
+    assert record["winner"] == 1 and record["skipped"][0]["knobs"] == {"cap": 3}
+    assert record["candidates"][2]["psnr"] > record["candidates"][1]["psnr"]
+    assert record["space"] == {"cap": (0, 1, 2, 3)} and record["knob"] == "t"
+    json.dumps(json_safe(record), allow_nan=False)  # results.json holds it
+
+
+def test_pick_candidate_falls_back_to_the_closest() -> None:
+    c = [Candidate(None, {}, gflops, psnr) for gflops, psnr in ((12.0, 40.0), (10.5, 20.0))]
+    assert pick_candidate(c, 10.0, 0.03) == 1  # none meets 10.3: the closest
+    assert pick_candidate(c, 12.0, 0.03) == 0  # both meet: the best PSNR
+    nan = [Candidate(None, {}, 1.0, float("nan")), Candidate(None, {}, 1.0, 10.0)]
+    assert pick_candidate(nan, 1.0, 0.03) == 1
+
+
+def test_report_lists_the_search_space_and_winners(fake_runs) -> None:
+    from types import SimpleNamespace
+
+    from relcache.evaluation.peers_report import search_lines
+
+    row = {"peer": "fake", "budget": 14, "search": _fake_search().record}
+    results = json.loads(json.dumps(json_safe({"peers": {"fake@14": row}})))
+    text = "\n".join(search_lines(results, FakePeer(), SimpleNamespace(steps=STEPS)))
+    assert "Search space: `t` tuned to the target at each of the 4 points of `cap` in" in text
+    assert "{0, 1, 2, 3}" in text
+    table = [ln for ln in text.splitlines() if ln.startswith("| 14 |")]
+    assert len(table) == 1 and "cap=1, t=0.5" in table[0] and "2 of 3" in table[0]
+
+
+def _config_class(peer: Peer) -> tuple[type, dict]:
+    """The library's config class of ``peer`` and the values a run starts from before knobs."""
+    if peer.library == "cache-dit":
+        import cache_dit
+
+        from relcache.peers.cache_dit import _DEFAULTS
+
+        return cache_dit.DBCacheConfig, _DEFAULTS
+    import diffusers.hooks as hooks
+
+    return getattr(hooks, peer.config_name), peer.base
+
+
+@pytest.mark.parametrize("name", list(PEERS))
+def test_search_spaces_name_real_knobs_and_start_from_the_knob_alone(name) -> None:
+    """Every searched knob is a field of the library's config class; the grid's first point is
+    the tuned peer unchanged (so the search can only match or beat the knob alone), and it is
+    small."""
+    peer = get_peer(name)
+    if not _has(peer.library.replace("-", "_")):
+        pytest.skip(f"needs {peer.library}")
+    cls, base = _config_class(peer)
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    space, grid = peer.search_space(50, 2), peer.grid(50, 2)
+    assert set(space) | {peer.knob.name} <= set(fields)
+    tuned = {**fields, **base, **peer.tuned(50, 2).knobs}
+    assert grid[0] == {k: tuned[k] for k in space}
+    assert len(grid) <= 8 and len(grid) == len({repr(p) for p in grid})

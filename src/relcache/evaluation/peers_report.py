@@ -1,11 +1,15 @@
 """The bench report's peers section: tables per budget at matched measured FLOPs, the peers'
-defaults, the ones that could not run (with the error), the plot, and a plain verdict."""
+defaults, how each was configured and searched (its space and winner per budget), the ones that
+could not run (with the error), the plot, and a plain verdict."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 from relcache.evaluation import plots
+from relcache.evaluation.budgets import WARMUP
 from relcache.evaluation.rows import finite
 from relcache.evaluation.settings import BenchSettings
 from relcache.evaluation.tables import format_markdown
@@ -54,9 +58,11 @@ def peers_section(results: dict, s: BenchSettings) -> list[str]:
         "`DiTTransformer2DModel`, with the same DDIM sampler, seeds, CFG and batches. GFLOPs per "
         "image are counted by `torch.utils.flop_counter.FlopCounterMode` on each run's first "
         "batch, relcache's rows included (block-level caches pay for the blocks they always "
-        "run); that batch is left out of ms/image (the counter slows a step). Each "
-        f"peer's knob was tuned on the calibration seeds to the GFLOPs `{match}` measured at that "
-        "budget; the rows below are on the held-out seeds.",
+        "run); that batch is left out of ms/image (the counter slows a step). At each point of "
+        "a peer's search space (its documented secondary knobs), its knob was tuned on the "
+        f"calibration seeds to the GFLOPs `{match}` measured at that budget; the point with the "
+        "best calibration PSNR among those that meet the budget won (below: each peer's space "
+        "and winners). The rows below are on the held-out seeds.",
         "",
     ]
     for budget in s.budgets:
@@ -68,9 +74,9 @@ def peers_section(results: dict, s: BenchSettings) -> list[str]:
     defaults = peer_rows(results, None)
     if defaults:
         lines += ["### Peers at their documented defaults", "", format_rows(defaults), ""]
-    lines += ["### How each peer was configured", ""]
-    lines += [f"- **{p.label}** (`{p.name}`): {p.note}" for p in _benched(s)]
-    lines.append("")
+    lines += ["### How each peer was configured and searched", ""]
+    for peer in _benched(s):
+        lines += search_lines(results, peer, s)
     failed = [r for r in peers.values() if "error" in r]
     if failed:
         lines += ["### Could not run", ""]
@@ -78,6 +84,62 @@ def peers_section(results: dict, s: BenchSettings) -> list[str]:
         lines.append("")
     lines += ["![quality vs GFLOPs with the peers](quality_vs_gflops_peers.png)", ""]
     return lines
+
+
+SEARCH_COLUMNS = (
+    "budget", "winner", "calibration_gflops", "target_gflops", "calibration_psnr", "meet_budget",
+)  # fmt: skip
+SEARCH_FORMATS = {"calibration_gflops": "{:.3f}", "target_gflops": "{:.3f}",
+                  "calibration_psnr": "{:.2f}"}  # fmt: skip
+
+
+def search_lines(results: dict, peer: Any, s: BenchSettings) -> list[str]:
+    """One peer's note, search space and winner per budget (a table, once it has searched)."""
+    rows = [r for r in _tuned_rows(results, peer.name) if r.get("search")]
+    space = rows[0]["search"]["space"] if rows else peer.search_space(s.steps, WARMUP)
+    knob = peer.knob.name if peer.knob else "-"
+    points = math.prod(len(v) for v in space.values())
+    axes = " x ".join(f"`{k}` in {{{', '.join(map(_value, v))}}}" for k, v in space.items())
+    searched = (f"`{knob}` tuned to the target at each of the {points} points of {axes}"
+                if axes else f"`{knob}` alone, tuned to the target")  # fmt: skip
+    lines = [f"#### {peer.label} (`{peer.name}`)", "", peer.note + ".", "",
+             f"Search space: {searched}.", ""]  # fmt: skip
+    if rows:
+        table = format_markdown([search_row(r) for r in rows], SEARCH_COLUMNS, SEARCH_FORMATS)
+        lines += [table, ""]
+    return lines
+
+
+def search_row(row: dict) -> dict:
+    """A budget's winner from a peer row's search record."""
+    search = row["search"]
+    candidates = search["candidates"]
+    winner = candidates[search["winner"]]
+    meets = sum(bool(c["meets"]) for c in candidates)
+    return {
+        "budget": row["budget"],
+        "winner": ", ".join(f"{k}={_value(v)}" for k, v in winner["knobs"].items()),
+        "calibration_gflops": winner["gflops"],
+        "target_gflops": search["target_gflops"],
+        "calibration_psnr": winner["psnr"],
+        "meet_budget": f"{meets} of {len(candidates)}",
+    }
+
+
+def _tuned_rows(results: dict, name: str) -> list[dict]:
+    """``name``'s rows at a budget that ran, the largest budget first."""
+    rows = [r for r in (results.get("peers") or {}).values() if r.get("peer") == name]
+    return sorted((r for r in rows if r["budget"] is not None and "error" not in r),
+                  key=lambda r: -r["budget"])  # fmt: skip
+
+
+def _value(value: Any) -> str:
+    """A knob value, short: floats to 4 digits, sequences in parentheses."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(map(_value, value)) + ")"
+    return str(value)
 
 
 def _benched(s: BenchSettings) -> list:

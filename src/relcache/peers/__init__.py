@@ -3,14 +3,17 @@
 A peer is one small class: how to apply another library's cache to a diffusers
 ``DiTTransformer2DModel`` (the shipped DiT converted exactly, ``models/diffusers_dit.py``), what
 to tell it at each denoising step, how to forget a generation, which knob sets its compute (and
-in which direction), and which cached tensors it holds. ``evaluation/peers.py`` runs them with the
-project's sampler, seeds and CFG, counts their FLOPs the same way as relcache's, and tunes the knob
-to a compute budget. Peers stay optional: a missing library is reported, never imported at load.
+in which direction), which of its documented secondary knobs are searched (``space``,
+``warmups``), and which cached tensors it holds. ``evaluation/peers.py`` runs them with the
+project's sampler, seeds and CFG, counts their FLOPs the same way as relcache's, and searches the
+grid of secondary knobs, tuning the knob to a compute budget at every point. Peers stay optional:
+a missing library is reported, never imported at load.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +61,10 @@ class Peer(ABC):
     knob: Knob | None = None
     knobs: dict[str, Any] = field(default_factory=dict)
     note: str = ""  # how its "defaults" and "tuned" runs depart from the documented defaults
+    # documented secondary knobs searched with a budget, in the library's units; an axis's first
+    # value is the one :meth:`tuned` starts from (its default, unless budget_knobs sets it)
+    space: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    warmups: tuple[int, ...] = ()  # warm-up lengths (steps) searched besides relcache's
 
     def with_knobs(self, **knobs: Any) -> Peer:
         """The same peer with ``knobs`` set (the others stay at the defaults)."""
@@ -75,8 +82,31 @@ class Peer(ABC):
         return self.with_knobs(**self.budget_knobs(steps, warmup))
 
     def budget_knobs(self, steps: int, warmup: int) -> dict[str, Any]:
-        """The knobs :meth:`tuned` sets (none by default)."""
+        """The knobs :meth:`tuned` sets (by default: its warm-up, if it has one)."""
+        return self.warmup_knobs(steps, warmup)
+
+    def warmup_knobs(self, steps: int, warmup: int) -> dict[str, Any]:
+        """The knob(s) that make the first ``warmup`` of ``steps`` steps full (none by default)."""
         return {}
+
+    def search_space(self, steps: int, warmup: int) -> dict[str, tuple[Any, ...]]:
+        """The secondary knobs searched and their values, in the library's units: ``space``, the
+        ``warmups`` as the warm-up knob's values, and on each axis :meth:`tuned`'s value first."""
+        axes = {name: list(values) for name, values in self.space.items()}
+        for n in self.warmups:
+            for name, value in self.warmup_knobs(steps, n).items():
+                axes.setdefault(name, []).append(value)
+        base = self.budget_knobs(steps, warmup)
+        first = {name: [base[name]] if name in base else [] for name in axes}
+        return {name: _unique(first[name] + values) for name, values in axes.items()}
+
+    def grid(self, steps: int, warmup: int) -> list[dict[str, Any]]:
+        """Every combination of :meth:`search_space`; the first is :meth:`tuned` itself (the knob
+        alone)."""
+        space = self.search_space(steps, warmup)
+        return [
+            dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())
+        ]
 
     def check(self) -> None:
         """Raise :class:`PeerUnavailable` (with the pip command) if the library is missing."""
@@ -144,6 +174,11 @@ def applied(peer: Peer, transformer: nn.Module, steps: int) -> Iterator[Peer]:
         yield peer
     finally:
         peer.remove(transformer)
+
+
+def _unique(values: list[Any]) -> tuple[Any, ...]:
+    """``values`` without repeats, in order."""
+    return tuple(v for i, v in enumerate(values) if v not in values[:i])
 
 
 def _short(value: Any) -> str:

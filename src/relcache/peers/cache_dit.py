@@ -28,8 +28,8 @@ class DBCachePeer(Peer):
     library: str = "cache-dit"
     taylorseer_order: int | None = None  # the TaylorSeer calibrator's order (None: off)
 
-    def budget_knobs(self, steps: int, warmup: int) -> dict[str, Any]:
-        """Warmup: relcache's; no cap on cached steps is set by default."""
+    def warmup_knobs(self, steps: int, warmup: int) -> dict[str, Any]:
+        """Its warmup (no cap on cached steps is set by default)."""
         return {"max_warmup_steps": warmup}
 
     def apply(self, transformer: nn.Module, steps: int) -> None:
@@ -38,9 +38,10 @@ class DBCachePeer(Peer):
 
         depth = len(transformer.transformer_blocks)
         config = {**_DEFAULTS, **self.knobs}
-        if config["Fn_compute_blocks"] >= depth:
+        fn, bn = config["Fn_compute_blocks"], config["Bn_compute_blocks"]
+        if fn + bn >= depth:
             raise PeerUnavailable(
-                f"Fn_compute_blocks={config['Fn_compute_blocks']} leaves none of the {depth} "
+                f"Fn_compute_blocks={fn} and Bn_compute_blocks={bn} leave none of the {depth} "
                 "blocks to cache; use fewer"
             )
         calibrator = None
@@ -82,14 +83,22 @@ class DBCachePeer(Peer):
 # DBCacheConfig's documented defaults (Fn 8, Bn 0, threshold 0.08, 8 warmup steps), except Fn:
 # 8 would cover every block of an 8-block DiT-FM; F1B0 is cache-dit's own fastest documented setup.
 _DEFAULTS = {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0, "enable_separate_cfg": False}
+# searched with a budget (with 2 or 4 warmup steps): F1 or F2 x B0 or B1, F1B0 first
+_SPACE = {"Fn_compute_blocks": (1, 2), "Bn_compute_blocks": (0, 1)}
+_SEARCHED = (
+    "searched: F1 or F2 x B0 or B1 x 2 or 4 warmup steps, the residual threshold tuned at each "
+    "point (no cap on cached steps, its default)"
+)
 
 register_peer(
     DBCachePeer(
         name="cachedit-dbcache",
         label="cache-dit DBCache",
         knob=Knob("residual_diff_threshold", 1e-3, 4.0),
+        space=_SPACE,
+        warmups=(4,),
         note="defaults: DBCacheConfig's, but F1B0 (its default F8 covers all 8 blocks of "
-        "DiT-FM); tuned: 2 warmup steps, the residual threshold",
+        f"DiT-FM); {_SEARCHED}",
     )
 )
 register_peer(
@@ -98,6 +107,8 @@ register_peer(
         label="cache-dit DBCache+TaylorSeer",
         taylorseer_order=1,
         knob=Knob("residual_diff_threshold", 1e-3, 4.0),
-        note="as DBCache, with its TaylorSeer calibrator (order 1, its default)",
+        space=_SPACE,
+        warmups=(4,),
+        note=f"as DBCache, with its TaylorSeer calibrator (order 1, its default); {_SEARCHED}",
     )
 )

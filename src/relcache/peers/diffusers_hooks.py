@@ -39,12 +39,13 @@ class DiffusersPeer(Peer):
 
     def budget_knobs(self, steps: int, warmup: int) -> dict[str, Any]:
         """``for_budget`` and, where it has one, its warmup set to ``warmup`` steps."""
-        knobs = dict(self.for_budget)
+        return {**self.for_budget, **self.warmup_knobs(steps, warmup)}
+
+    def warmup_knobs(self, steps: int, warmup: int) -> dict[str, Any]:
+        """``warmup_knob`` set to ``warmup`` steps (none without one)."""
         if self.warmup_knob == "retention_ratio":  # MagCache: int(ratio * steps + 0.5) steps
-            knobs["retention_ratio"] = warmup / steps
-        elif self.warmup_knob is not None:
-            knobs[self.warmup_knob] = warmup
-        return knobs
+            return {"retention_ratio": warmup / steps}
+        return {} if self.warmup_knob is None else {self.warmup_knob: warmup}
 
     def config(self, steps: int) -> Any:
         """The diffusers config: documented defaults, then ``base``, then ``knobs``."""
@@ -172,9 +173,12 @@ register_peer(
         },  # fmt: skip
         warmup_knob="disable_cache_before_step",
         knob=Knob("cache_interval", 1, 25, integer=True, log=False),
+        space={"max_order": (1,)},  # 2 (relcache's m=2) first, then its default 1
+        warmups=(4,),
         note="defaults: its default module patterns match no module of DiTTransformer2DModel, "
         "so the attention modules (attn1) are named; tuned: attention and MLP (the modules "
-        "relcache caches), order 2, float32 factors, 2 warmup steps, the interval searched",
+        "relcache caches), float32 factors; searched: order 2 or 1 (its default) x 2 or 4 "
+        "warmup steps, the interval tuned at each point",
     )
 )
 register_peer(
@@ -184,7 +188,8 @@ register_peer(
         config_name="FirstBlockCacheConfig",
         apply_name="apply_first_block_cache",
         knob=THRESHOLD,
-        note="defaults as documented; tuned: the threshold",
+        note="defaults as documented; tuned: the threshold alone (FirstBlockCacheConfig "
+        "documents no other knob, so its search space is that one point)",
     )
 )
 register_peer(
@@ -196,8 +201,11 @@ register_peer(
         for_budget={"max_skip_steps": 1000},
         warmup_knob="retention_ratio",
         knob=THRESHOLD,
+        space={"max_skip_steps": (3, 6)},  # no cap (1000) first, then its default 3, and 6
+        warmups=(4,),
         note="mag_ratios from its own calibration mode on the calibration seeds (both rows); "
-        "tuned: 2 retained steps, no cap on consecutive skips, the threshold",
+        "searched: 2 or 4 retained steps x no cap, 3 (its default) or 6 consecutive skips, the "
+        "threshold tuned at each point",
     )
 )
 register_peer(
@@ -210,9 +218,20 @@ register_peer(
         base={"spatial_attention_block_skip_range": 2},
         needs_timestep=True,
         knob=Knob("spatial_attention_block_skip_range", 2, 25, integer=True, log=False),
+        # the timestep window where attention may be skipped: as documented, then widened to the
+        # last steps, to the first ones, to all (DiT has no temporal or cross attention)
+        space={
+            "spatial_attention_timestep_skip_range": (
+                (100, 800),
+                (-1, 800),
+                (100, 1000),
+                (-1, 1000),
+            )
+        },  # fmt: skip
         note="defaults: skip range 2 (without one PAB caches nothing; 2 is diffusers' own "
-        "example), timestep window (100, 800); tuned: the skip range (attention only: the MLPs "
-        "always run, so low budgets are out of its reach)",
+        "example), timestep window (100, 800); searched: the window (100, 800), (-1, 800), "
+        "(100, 1000) or (-1, 1000), the skip range tuned at each point (attention only: the "
+        "MLPs always run, so low budgets are out of its reach)",
     )
 )
 register_peer(
@@ -236,8 +255,11 @@ register_peer(
         for_budget={"max_consecutive_cached": 0},  # 0: no cap
         warmup_knob="retention_steps",
         knob=THRESHOLD,
+        space={"max_consecutive_cached": (3, 6)},  # no cap (0) first
+        warmups=(4,),
         note="its built-in latent adapters are for Cosmos / Wan: the image latents are passed as "
         "one-frame videos (raw_vision_callback); sigma: the DDPM noise level as a flow-matching "
-        "sigma; tuned: 2 retained steps, no cap on consecutive cached steps, the threshold",
+        "sigma; searched: 2 or 4 retained steps x no cap, 3 or 6 consecutive cached steps (its "
+        "default 2 computes every third step at least), the threshold tuned at each point",
     )
 )
