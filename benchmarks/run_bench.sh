@@ -2,8 +2,10 @@
 # The committed benchmark: shipped DiT-FM, DDIM 50 steps, CFG 3.0, the paper's DiT budgets.
 # Every method x budget runs on the same SAMPLES seeds (image i: seed i, class i % 10); RCS
 # thresholds are calibrated on other images (seeds 100000+). FORA, TaylorSeer m=2, the paper's
-# RFC m=2 (also with CFG-shared decisions) and relcache's recommended configuration (rfe2:clamp=1.05, chosen on seeds 10000+ and
-# 20000+: results/selection.md). The committed run: benchmarks/results/report.md.
+# RFC m=2 deciding per row and per sample (the default), RFC in budget mode (exactly the NFC),
+# rfe2:clamp=1.05 (chosen on seeds 10000+ and 20000+: results/selection.md), and TaylorSeer m=2
+# and rfe2:clamp=1.05 on the schedules fitted per budget on seeds 1000-1015 (the shipped
+# profiles, relcache calibrate). The committed run: benchmarks/results/report.md.
 # Usage: benchmarks/run_bench.sh [extra relcache bench flags: --resume to add missing rows, --overwrite to rerun into the filled results folder]
 #   NPROC=2 benchmarks/run_bench.sh   # shard the seeds over 2 processes (torchrun, gloo/NCCL)
 set -euo pipefail
@@ -20,7 +22,7 @@ ARGS=(
   bench
   --steps 50 --cfg-scale 3.0
   --samples "$SAMPLES" --seed 0
-  --methods fora,taylorseer2,rfc2:scope=row,rfc2,rfe2:clamp=1.05
+  --methods fora,taylorseer2,rfc2:scope=row,rfc2,rfe2:clamp=1.05,budget2,taylorseer2:fitted,rfe2:clamp=1.05:fitted
   --budgets 14,11,10,8,7
   --calibration-samples 32 --calibration-seed 100000 --batch-size 64
   --analysis-samples 4 --analysis-budget 10 --window-samples 64

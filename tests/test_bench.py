@@ -239,6 +239,7 @@ def test_fitted_rows_run_the_profile_fitted_for_each_budget(
     for b, steps in fitted.items():
         row = runs[f"taylorseer2:fitted@{b}"]
         assert row["full_steps"] == list(steps) and row["nfc"] == len(steps)
+        assert row["label"] == "TaylorSeer m=2 fitted"
         assert row["config"] == repr(relcache.TaylorSeer(order=2, full_steps=steps))
     assert (5, 8, 3.0) in asked
     assert bench_method("taylorseer2:fitted").family == "TaylorSeer m=2 fitted"

@@ -192,6 +192,7 @@ class Bench:
         schedule = config.schedule(s.steps)
         target = float(len(schedule)) if schedule is not None else float(budget)
         label = spec.family if spec.adaptive else config.describe()
+        label += " fitted" if spec.fitted else ""  # an explicit schedule hides the interval
         self._save_grid_images(f"{name}@{budget}", gen.images)
         row = self.rows(name, spec.family, label, budget, target, config, gen,
                         dist.peak_memory_over_ranks(self.device))  # fmt: skip

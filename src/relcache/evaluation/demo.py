@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from relcache.caching.methods import RECOMMENDED, CacheMethod
+from relcache.caching.methods import RECOMMENDED, CacheMethod, recommended
 from relcache.evaluation.budgets import bench_method, config_for_budget
 from relcache.evaluation.plots import save_grid
 from relcache.evaluation.rows import RowBuilder, to_json
@@ -105,7 +105,10 @@ def run_at_budget(
             )
         return subset.mean_nfc
 
-    config, _ = config_for_budget(name, budget, s.steps, measure)
+    if name == RECOMMENDED:  # the fitted profile for these weights and budget, when one ships
+        config = recommended(budget, s.steps, model=model, cfg_scale=s.cfg_scale)
+    else:
+        config, _ = config_for_budget(name, budget, s.steps, measure)
     return config, run_method(model, config, seeds, labels, **kw, desc=config.describe())
 
 
@@ -132,7 +135,8 @@ def _method_row(make_row: RowBuilder, name: str, budget: int, config: CacheMetho
     """A method's row (RCS: with its threshold; fixed: its own NFC as target) and grid label."""
     spec, short = bench_method(name), DEMO_METHODS[name]
     if not spec.adaptive:
-        label = config.describe()
+        fitted = name == RECOMMENDED and getattr(config, "interval", None) is None
+        label = config.describe() + (" fitted schedule" if fitted else "")
         row = make_row(short, short, label, budget, len(config.schedule(steps)), config, gen)
         return {**row, "recommended": name == RECOMMENDED}, label
     label = f"{spec.family} tau={config.threshold:.3g}"
