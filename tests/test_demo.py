@@ -69,3 +69,12 @@ def test_demo_json_has_every_column(tmp_path, capsys) -> None:
     assert abs(rfc["nfc"] - 4) <= 0.5 and rfc["flops_speedup"] > 1
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert json.loads((tmp_path / "table.json").read_text())[0]["method"] == "full"
+
+
+def test_text_table_widens_the_method_column_for_long_labels() -> None:
+    from relcache.evaluation.tables import format_table
+
+    rows = [{"label": "TaylorSeer m=2 fitted schedule", "psnr": 45.26}, {"label": "FORA N=4"}]
+    lines = format_table(rows).splitlines()
+    assert len({len(line) for line in lines}) == 1  # aligned: header, rule and rows
+    assert lines[2].startswith("TaylorSeer m=2 fitted schedule  ")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 DESCRIPTION = """\
 Searches which steps run fully at a budget of --nfc full steps (a scan of even spreads of the
@@ -19,7 +21,17 @@ interrupted search.
   relcache calibrate --nfc 8 --out nfc8.json
   relcache calibrate --nfc 8 --out nfc8.json --max-seconds 300      # pause, then:
   relcache calibrate --nfc 8 --out nfc8.json --max-seconds 300 --resume
+
+With --pipeline FOLDER (a diffusers pipeline written by save_pretrained; nothing is downloaded)
+the search runs through that pipeline and its scheduler, image i conditioned on line i % N of
+--prompts-file (--class-labels for a class-conditional one such as DiTPipeline); the profile
+records its transformer's weights. --pipeline-kwargs adds call arguments (JSON):
+
+  relcache calibrate --pipeline ./pixart --prompts-file prompts.txt --steps 20 --nfc 8 \
+      --cfg-scale 4.5 --pipeline-kwargs '{"height": 512, "width": 512}' --out pixart8.json
 """
+
+EXAMPLE_KWARGS = """'{"height": 512, "width": 512}'"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,12 +56,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--radius", type=int, default=3, help="largest move of a step (default 3)")
     s.add_argument("--min-gain", type=float, default=0.01, help="dB a move must gain")
     s.add_argument("--max-generations", type=int, help="stop after this many candidates")
+    d = p.add_argument_group("a diffusers pipeline instead of the DiT")
+    d.add_argument("--pipeline", type=Path, help="a local diffusers pipeline folder")
+    d.add_argument("--prompts-file", type=Path, help="calibration prompts, one per line")
+    d.add_argument("--class-labels", type=int, nargs="+", help="class ids (DiTPipeline)")
+    d.add_argument("--pipeline-kwargs", type=json_dict, help="more call arguments (JSON)")
     o = p.add_argument_group("outputs")
     o.add_argument("--out", type=Path, required=True, help="the profile file to write (.json)")
     o.add_argument("--resume", action="store_true", help="continue the search saved beside --out")
     o.add_argument("--max-seconds", type=float, help="pause after this long (then --resume)")
     o.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
+
+
+def json_dict(text: str) -> dict:
+    """A JSON object given on the command line."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err}); e.g. {EXAMPLE_KWARGS}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. {EXAMPLE_KWARGS}")
+    return value
+
+
+def check_pipeline_args(args: argparse.Namespace) -> None:
+    """The pipeline options: together, and not with a DiT source."""
+    given = [f for f in ("prompts_file", "class_labels", "pipeline_kwargs") if getattr(args, f)]
+    if args.pipeline is None:
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ValueError(f"{flag} is for --pipeline FOLDER; drop it to fit the DiT")
+        return
+    if args.checkpoint is not None or args.preset is not None:
+        raise ValueError("--pipeline replaces the DiT: drop --checkpoint / --preset")
+    if not (args.pipeline / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"--pipeline {args.pipeline}: no diffusers pipeline there (model_index.json); pass "
+            "a folder written by pipe.save_pretrained"
+        )
+    if args.prompts_file is not None and not args.prompts_file.is_file():
+        raise FileNotFoundError(f"--prompts-file {args.prompts_file}: no such file")
+
+
+def pipeline_inputs(args: argparse.Namespace, pipe: Any):
+    """The pipeline's checked calibration inputs from the options."""
+    from relcache.evaluation.fitting import pipeline_inputs
+
+    prompts = None
+    if args.prompts_file is not None:
+        prompts = [line.strip() for line in args.prompts_file.read_text().splitlines()]
+        prompts = [line for line in prompts if line]
+    return pipeline_inputs(pipe, prompts, args.class_labels, args.pipeline_kwargs)
 
 
 def check_args(args: argparse.Namespace):
@@ -69,6 +127,7 @@ def check_args(args: argparse.Namespace):
     if args.out.suffix != ".json":
         raise ValueError(f"--out {args.out} must end in .json (the profile file)")
     check_out_dir(args.out.parent)
+    check_pipeline_args(args)
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise FileNotFoundError(
             f"--checkpoint {args.checkpoint}: no such file; pass DiT weights or drop it"
@@ -80,18 +139,25 @@ def run(args: argparse.Namespace) -> int:
     """Validate, load the model, fit (or pause), print the profile's summary."""
     import torch
 
+    from relcache.commands.generate import load_pipeline
     from relcache.evaluation.fitting import SearchPaused, run_fit
     from relcache.shipped import load_model
 
     settings = check_args(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, name = load_model(
-        args.checkpoint, args.preset, args.preset_overrides, args.init_seed, device
-    )
+    if args.pipeline is not None:
+        source = argparse.Namespace(model=str(args.pipeline), dtype="auto", device=device.type)
+        model, name = load_pipeline(source), None
+        inputs = pipeline_inputs(args, model)
+    else:
+        model, name = load_model(
+            args.checkpoint, args.preset, args.preset_overrides, args.init_seed, device
+        )
+        inputs = None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         profile = run_fit(model, settings, args.out, args.resume, args.max_seconds, name,
-                          not args.no_progress)  # fmt: skip
+                          not args.no_progress, inputs)  # fmt: skip
     except SearchPaused as paused:
         print(f"relcache calibrate: {paused}", file=sys.stderr)
         return 3

@@ -47,8 +47,15 @@ from relcache.peers import get_peer
 class Bench:
     """State of one bench: settings, model, reference, results so far."""
 
-    def __init__(self, model: nn.Module, classifier: nn.Module | None, s: BenchSettings):
+    def __init__(
+        self,
+        model: nn.Module,
+        classifier: nn.Module | None,
+        s: BenchSettings,
+        fitted_on: nn.Module | None = None,
+    ):
         self.model, self.s = model, s
+        self.fitted_on = model if fitted_on is None else fitted_on  # whose profiles ':fitted' reads
         self.device = next(model.parameters()).device
         self.seeds, self.labels = sample_set(s.seed, s.samples, model.config.num_classes)
         self.main = dist.is_main()
@@ -139,7 +146,7 @@ class Bench:
     def _fitted_steps(self, budget: int) -> tuple[int, ...]:
         """The full steps of the shipped profile fitted on this model for ``budget``."""
         s = self.s
-        profile = find_profile(self.model, budget, s.steps, s.cfg_scale)
+        profile = find_profile(self.fitted_on, budget, s.steps, s.cfg_scale)
         if profile is None:
             raise ValueError(
                 f"no shipped profile is fitted on this model for NFC {budget} at {s.steps} "
@@ -427,9 +434,10 @@ def as_diffusers(model: nn.Module) -> nn.Module:
 
 def run_bench(model: nn.Module, classifier: nn.Module | None, s: BenchSettings) -> dict:
     """Run (or resume) the bench; rank 0 writes results.json, report.md and the plots."""
+    original = model  # profiles are fitted on the reference DiT's weights
     if s.peers:  # every row on the diffusers model the peers need: same model for all
         model = as_diffusers(model)
-    bench = Bench(model, classifier, s)
+    bench = Bench(model, classifier, s, fitted_on=original)
     bench.run_reference_row()
     plan = [(name, budget) for budget in s.budgets for name in s.methods]
     for name, budget in tqdm(plan, desc="bench", disable=not (s.progress and bench.main)):

@@ -10,20 +10,31 @@ kept, warm-up steps fixed) and keeps the best move when it raises the score by m
 costs one generation of the calibration images (batched), scored by the mean PSNR of the final
 images against full compute, whose samples are made once. Scores are stored in a state file after
 every generation; a resumed search replays them (the search is deterministic) and goes on.
+
+The model is the reference DiT (relcache's DDIM sampler; image i has class i % num_classes) or a
+diffusers pipeline (anything with a ``.transformer`` and ``__call__``): its own scheduler, image
+i conditioned on the caller's prompt (or class label) i % len, its decoded outputs compared
+(:class:`PipelineCalibration`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from relcache.api import cached, is_applied, resolve_model, stats
 from relcache.caching.methods import (
     build_method,
     fixed_schedule,
@@ -36,6 +47,10 @@ from relcache.evaluation.runner import run_method, sample_set
 
 REPORT_SEEDS = range(0, 1000)  # the held-out seeds of the committed bench: never fitted on
 ALGORITHM = "scan of even spreads, then greedy local exchange"
+METRIC = "mean PSNR (dB) of the final images vs full compute"
+PIPELINE_METRIC = "mean PSNR (dB) of the outputs (output_type='pt', [0, 1]) vs full compute"
+SET_BY_FIT = ("prompt", "class_labels", "num_inference_steps", "guidance_scale", "generator",
+              "output_type", "return_dict")  # fmt: skip
 
 Schedule = tuple[int, ...]
 
@@ -204,6 +219,147 @@ class Calibration:
         return psnr(gen.images, self.ref.images)
 
 
+@dataclass(frozen=True)
+class PipelineInputs:
+    """A pipeline's calibration inputs: image i takes prompt (or class label) i % len; ``kwargs``
+    are further call arguments (JSON values, e.g. height and width)."""
+
+    prompts: tuple[str, ...] = ()
+    class_labels: tuple[int, ...] = ()
+    kwargs: dict = field(default_factory=dict)
+
+    def condition(self, samples: int) -> dict:
+        """The call's conditioning argument for ``samples`` images."""
+        name = "prompt" if self.prompts else "class_labels"
+        values = self.prompts or self.class_labels
+        return {name: [values[i % len(values)] for i in range(samples)]}
+
+    def key(self, pipe: Any) -> dict:
+        """What a resumed search must share with the saved one, besides the settings."""
+        inputs = {"prompts": list(self.prompts), "class_labels": list(self.class_labels)}
+        return {"sampler": pipeline_sampler(pipe), **inputs, "pipeline_kwargs": self.kwargs}
+
+
+def pipeline_sampler(pipe: Any) -> str:
+    """The sampler a profile records for a pipeline: its class and its scheduler's."""
+    scheduler = getattr(pipe, "scheduler", None)
+    name = type(pipe).__name__
+    return name if scheduler is None else f"{name} ({type(scheduler).__name__})"
+
+
+def pipeline_inputs(target: Any, prompts: Sequence[str] | str | None,
+                    class_labels: Sequence[int] | None,
+                    pipeline_kwargs: dict | None) -> PipelineInputs | None:  # fmt: skip
+    """The checked calibration inputs of a pipeline; None for the reference DiT (which takes
+    none: image i has class i % num_classes)."""
+    given = prompts is not None or class_labels is not None or pipeline_kwargs is not None
+    if resolve_model(target) is target:
+        if given:
+            raise ValueError(
+                "prompts=, class_labels= and pipeline_kwargs= are for diffusers pipelines; the "
+                "reference DiT takes none (calibration image i has class i % num_classes)"
+            )
+        return None
+    name, accepted = type(target).__name__, inspect.signature(target.__call__).parameters
+    labelled = "class_labels" in accepted and "prompt" not in accepted
+    if labelled and (prompts is not None or class_labels is None):
+        raise ValueError(
+            f"{name} is class-conditional: pass class_labels=[207, 360, ...] (class ids; "
+            "pipe.get_label_ids(names) maps names; relcache calibrate --class-labels), not prompts"
+        )
+    if not labelled and (class_labels is not None or prompts is None):
+        raise ValueError(
+            f"fitting a schedule on {name} needs calibration prompts: pass prompts=['a photo of "
+            "a cat', ...] (image i takes prompt i % len(prompts); relcache calibrate "
+            "--prompts-file), not class_labels"
+        )
+    prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts or ())
+    labels = tuple(class_labels or ())
+    if not (prompts or labels):
+        raise ValueError(f"{'class_labels' if labelled else 'prompts'} is empty; pass at least one")
+    if not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError(f"prompts must be non-empty strings, got {prompts!r}")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in labels):
+        raise ValueError(f"class_labels must be class ids (integers >= 0), got {labels!r}")
+    return PipelineInputs(prompts, labels, _call_kwargs(pipeline_kwargs or {}))
+
+
+def _call_kwargs(kwargs: dict) -> dict:
+    """``pipeline_kwargs`` as JSON values (they are saved with the search), none set by the fit."""
+    taken = sorted(set(kwargs) & set(SET_BY_FIT))
+    if taken:
+        raise ValueError(
+            f"pipeline_kwargs {taken} are set by the fit: pass prompts= / class_labels=, steps=, "
+            "cfg_scale= and seed= instead"
+        )
+    try:
+        return json.loads(json.dumps(kwargs))
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"pipeline_kwargs must be JSON values (numbers, strings, lists), saved with the "
+            f"search: {err}"
+        ) from None
+
+
+class PipelineCalibration:
+    """:class:`Calibration` through a diffusers pipeline: one batched call per generation, CPU
+    generators seeded ``seed + i``, scored on the outputs (output_type="pt", in [0, 1])."""
+
+    def __init__(self, pipe: Any, s: FitSettings, inputs: PipelineInputs,
+                 progress: bool = True) -> None:  # fmt: skip
+        if is_applied(pipe):
+            raise ValueError(
+                "relcache is applied to this pipeline: the references must be full compute; "
+                "call relcache.remove(pipe) first"
+            )
+        self.pipe, self.s, self.inputs = pipe, s, inputs
+        self.ref = self._generate(progress)
+
+    def _generate(self, progress: bool = False) -> torch.Tensor:
+        s = self.s
+        generators = [torch.Generator().manual_seed(s.seed + i) for i in range(s.samples)]
+        with _progress_bar(self.pipe, progress):
+            out = self.pipe(**self.inputs.condition(s.samples), num_inference_steps=s.steps,
+                            guidance_scale=s.cfg_scale, generator=generators, output_type="pt",
+                            **self.inputs.kwargs)  # fmt: skip
+        return _as_images(out[0])
+
+    def __call__(self, schedule: Schedule) -> float:
+        """Mean PSNR (dB) of the predictor on ``schedule`` against full compute."""
+        with cached(self.pipe, build_method(self.s.predictor, full_steps=schedule)):
+            images = self._generate()
+            ran = stats(self.pipe)
+        full, steps = {tuple(v) for v in ran.full_steps.values()}, set(ran.steps.values())
+        if full != {schedule} or steps != {self.s.steps}:
+            raise ValueError(
+                f"the pipeline ran {sorted(steps)} steps (full: {sorted(full)}) for steps="
+                f"{self.s.steps} and the schedule {list(schedule)}: its scheduler does not call "
+                "the transformer once per step; fit it with a one-call-per-step scheduler"
+            )
+        return psnr(images, self.ref)
+
+
+def _as_images(out: Any) -> torch.Tensor:
+    """A pipeline's outputs (N images or videos, in [0, 1]) as (N, 1, 1, D) in [-1, 1]: the
+    range of :func:`relcache.evaluation.metrics.psnr`, so a PSNR per image or video."""
+    x = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
+    return (x.detach().float().cpu().flatten(1) * 2 - 1)[:, None, None]
+
+
+@contextlib.contextmanager
+def _progress_bar(pipe: Any, show: bool) -> Iterator[None]:
+    """Hide the pipeline's progress bar unless ``show`` (its own setting restored after)."""
+    if show or not hasattr(pipe, "set_progress_bar_config"):
+        yield
+        return
+    before = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**before, "disable": True})
+    try:
+        yield
+    finally:
+        pipe.set_progress_bar_config(**before)
+
+
 class SearchState:
     """The scores of every schedule tried, saved as JSON after each generation."""
 
@@ -264,33 +420,42 @@ def fit_schedule(
     max_seconds: float | None = None,
     model_name: str | None = None,
     progress: bool = True,
+    prompts: Sequence[str] | str | None = None,
+    class_labels: Sequence[int] | None = None,
+    pipeline_kwargs: dict | None = None,
 ) -> Profile:
-    """Fit which steps run fully for ``model`` at a budget of ``nfc`` (module docstring); with
-    ``out`` the profile is written there and the search state beside it (``resume`` continues
-    it). ``max_seconds``: pause after this long (raises SearchPaused; resume later)."""
+    """Fit which steps run fully for ``model`` (the reference DiT or a diffusers pipeline) at a
+    budget of ``nfc`` (module docstring); with ``out`` the profile is written there and the
+    search state beside it (``resume`` continues it). ``max_seconds``: pause after this long
+    (raises SearchPaused; resume later). A pipeline needs ``prompts`` (``class_labels`` for a
+    class-conditional one, e.g. DiTPipeline); ``pipeline_kwargs``: more call arguments."""
     s = FitSettings(nfc, steps, cfg_scale, predictor, 2, samples, seed, radius, min_gain,
                     max_generations)  # fmt: skip
+    inputs = pipeline_inputs(model, prompts, class_labels, pipeline_kwargs)
     out = None if out is None else Path(out)
-    return run_fit(model, s, out, resume, max_seconds, model_name, progress)
+    return run_fit(model, s, out, resume, max_seconds, model_name, progress, inputs)
 
 
 def run_fit(
-    model: nn.Module,
+    model: nn.Module | Any,
     s: FitSettings,
     out: Path | None,
     resume: bool = False,
     max_seconds: float | None = None,
     model_name: str | None = None,
     progress: bool = True,
+    inputs: PipelineInputs | None = None,
 ) -> Profile:
-    """:func:`fit_schedule` on validated settings (``relcache calibrate`` calls this)."""
+    """:func:`fit_schedule` on validated settings and inputs (``relcache calibrate`` calls
+    this); ``inputs``: a pipeline's (None: the reference DiT)."""
     if max_seconds is not None and out is None:
         raise ValueError("max_seconds pauses a search saved beside out=: pass out=PATH.json")
     digest = weights_hash(model)
     path = None if out is None else state_path(out)
-    state = SearchState(path, {**s.key(), "model": digest}, resume)
+    pipeline_key = {} if inputs is None else inputs.key(model)
+    state = SearchState(path, {**s.key(), "model": digest, **pipeline_key}, resume)
     start = start_schedule(s.nfc, s.steps, s.warmup)
-    with Scorer(model, s, state, max_seconds, progress) as score:
+    with Scorer(model, s, state, max_seconds, progress, inputs) as score:
         try:
             begin = scan(score, start_candidates(s.nfc, s.steps, s.warmup))
             best, after, passes = greedy_exchange(score, begin, s.warmup, s.radius, s.steps,
@@ -299,7 +464,8 @@ def run_fit(
         except CapReached:
             best, passes, stopped = _best_tried(state.scores), None, "cap"
             after = score(best)
-    profile = _profile(model, s, digest, model_name, start, best, after, passes, stopped, state)
+    profile = _profile(model, s, digest, model_name, start, best, after, passes, stopped, state,
+                       inputs)  # fmt: skip
     if out is not None:
         save_profile(profile, out)
         state.path.unlink(missing_ok=True)  # finished: the profile holds what the state did
@@ -310,11 +476,16 @@ class Scorer:
     """A schedule's score: from the state when known, else one generation (saved at once);
     raises CapReached / SearchPaused at the generation cap / time limit."""
 
-    def __init__(self, model: nn.Module, s: FitSettings, state: SearchState,
-                 max_seconds: float | None, progress: bool) -> None:  # fmt: skip
+    def __init__(self, model: nn.Module | Any, s: FitSettings, state: SearchState,
+                 max_seconds: float | None, progress: bool,
+                 inputs: PipelineInputs | None = None) -> None:  # fmt: skip
         self.s, self.state, self.max_seconds = s, state, max_seconds
         self.clock = time.perf_counter()
-        self.calibration = Calibration(model, s, progress)  # one full-compute generation
+        self.calibration = (  # one full-compute generation
+            Calibration(model, s, progress)
+            if inputs is None
+            else PipelineCalibration(model, s, inputs, progress)
+        )
         state.references += 1
         state.seconds += time.perf_counter() - self.clock
         self.bar = tqdm(desc=f"fit NFC {s.nfc}", unit="gen", disable=not progress,
@@ -353,14 +524,14 @@ def _best_tried(scores: dict[str, float]) -> Schedule:
     return tuple(int(i) for i in max(scores, key=scores.__getitem__).split(","))
 
 
-def _profile(model: nn.Module, s: FitSettings, digest: str, model_name: str | None,
+def _profile(model: nn.Module | Any, s: FitSettings, digest: str, model_name: str | None,
              start: Schedule, best: Schedule, after: float, passes: int | None, stopped: str,
-             state: SearchState) -> Profile:  # fmt: skip
+             state: SearchState, inputs: PipelineInputs | None = None) -> Profile:  # fmt: skip
     """The fitted profile with its scores and what the search cost."""
-    name = model_name or f"{type(model).__name__} {digest}"
+    name = model_name or f"{type(resolve_model(model)).__name__} {digest}"
     before = state.scores[",".join(map(str, start))]
-    score = {"metric": "mean PSNR (dB) of the final images vs full compute", "before": before,
-             "after": after, "start_full_steps": list(start)}  # fmt: skip
+    metric = METRIC if inputs is None else PIPELINE_METRIC
+    score = {"metric": metric, "before": before, "after": after, "start_full_steps": list(start)}
     search = {
         "algorithm": ALGORITHM, "scanned_starts": len(start_candidates(s.nfc, s.steps, s.warmup)),
         "radius": s.radius, "min_gain_db": s.min_gain,
@@ -368,7 +539,11 @@ def _profile(model: nn.Module, s: FitSettings, digest: str, model_name: str | No
         "generations": len(state.scores), "reference_generations": state.references,
         "seconds": round(state.seconds, 1), "passes": passes, "stopped": stopped,
     }  # fmt: skip
-    return Profile(name, digest, s.steps, s.cfg_scale, s.nfc, s.predictor, best, score, search)
+    if inputs is None:
+        return Profile(name, digest, s.steps, s.cfg_scale, s.nfc, s.predictor, best, score, search)
+    search["calibration_inputs"] = {k: v for k, v in inputs.key(model).items() if k != "sampler"}
+    return Profile(name, digest, s.steps, s.cfg_scale, s.nfc, s.predictor, best, score, search,
+                   sampler=pipeline_sampler(model))  # fmt: skip
 
 
 def evaluate_schedules(

@@ -39,15 +39,18 @@ def _cell(fmt: str, value: object) -> str:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """Rows as an aligned text table with the demo/bench columns."""
+    """Rows as an aligned text table with the demo/bench columns (the method column as wide as
+    its longest label)."""
+    wide = max([len(str(row["label"])) for row in rows], default=0)
+    columns = [(k, f, max(w, wide) if k == "label" else w) for k, f, w in COLUMNS]
     head = "  ".join(
-        HEADERS.get(k, k).rjust(w) if k != "label" else "method".ljust(w) for k, _, w in COLUMNS
+        HEADERS.get(k, k).rjust(w) if k != "label" else "method".ljust(w) for k, _, w in columns
     )
     lines = [head, "-" * len(head)]
     for row in rows:
         cells = [
             _cell(f, row.get(k)).rjust(w) if k != "label" else str(row[k]).ljust(w)
-            for k, f, w in COLUMNS
+            for k, f, w in columns
         ]
         lines.append("  ".join(cells))
     return "\n".join(lines)

@@ -4,7 +4,9 @@ A profile (JSON) records the model it was fitted on (name and a hash of its weig
 setting (steps, CFG scale), the budget (NFC), the full steps, the predictor (a method spec of the
 registry, e.g. ``taylorseer2``), the score before and after the search and what the search cost.
 ``relcache calibrate`` / ``relcache.fit_schedule`` write one; :func:`from_profile` turns one into
-the method config (§2: a fixed schedule given as an explicit ``full_steps`` list).
+the method config (§2: a fixed schedule given as an explicit ``full_steps`` list). A profile
+fitted through a diffusers pipeline records its transformer's weights and, as the sampler, the
+pipeline and scheduler classes (e.g. ``PixArtSigmaPipeline (DPMSolverMultistepScheduler)``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib.resources
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,10 +28,17 @@ FORMAT = 1  # the profile file's format version
 SAMPLER = "ddim"  # relcache.sampling's DDIM (eta 0) with batched classifier-free guidance
 
 
-def weights_hash(model: nn.Module) -> str:
-    """SHA-256 (first 16 hex digits) of the state dict: names, dtypes, shapes and bytes."""
+def weights_hash(model: nn.Module | Any) -> str:
+    """SHA-256 (first 16 hex digits) of the state dict: names, dtypes, shapes and bytes (of a
+    diffusers pipeline's ``transformer``)."""
+    module = model if isinstance(model, nn.Module) else getattr(model, "transformer", None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"weights_hash takes an nn.Module or a diffusers pipeline with a .transformer, got "
+            f"{type(model).__name__}"
+        )
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -48,7 +58,7 @@ class Profile:
     full_steps: tuple[int, ...]
     score: dict = field(default_factory=dict)  # metric, before, after, start_full_steps
     search: dict = field(default_factory=dict)  # algorithm, seeds, generations, seconds, ...
-    sampler: str = SAMPLER
+    sampler: str = SAMPLER  # a pipeline's: "PixArtSigmaPipeline (DPMSolverMultistepScheduler)"
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -80,8 +90,9 @@ class Profile:
         """The method as one registry spec, e.g. ``taylorseer2:full_steps=0/1/7/15``."""
         return f"{self.predictor}:full_steps={'/'.join(map(str, self.full_steps))}"
 
-    def matches(self, model: nn.Module | str) -> bool:
-        """Whether ``model`` (or its weights_hash) is the model this profile was fitted on."""
+    def matches(self, model: nn.Module | Any | str) -> bool:
+        """Whether ``model`` (a pipeline: its transformer; or a weights_hash) is the model this
+        profile was fitted on."""
         digest = model if isinstance(model, str) else weights_hash(model)
         return digest == self.model_hash
 
@@ -125,9 +136,9 @@ def load_profile(path: str | Path) -> Profile:
     return Profile(**data)
 
 
-def from_profile(path: str | Path, model: nn.Module | None = None) -> CacheMethod:
-    """The method config of the profile at ``path``; with ``model``, refused unless the profile
-    was fitted on these weights."""
+def from_profile(path: str | Path, model: nn.Module | Any | None = None) -> CacheMethod:
+    """The method config of the profile at ``path``; with ``model`` (or a diffusers pipeline),
+    refused unless the profile was fitted on these weights."""
     profile = load_profile(path)
     if model is not None and not profile.matches(model):
         raise ValueError(
@@ -145,11 +156,11 @@ def shipped_profiles() -> list[Path]:
 
 
 def find_profile(
-    model: nn.Module, nfc: int, steps: int = 50, cfg_scale: float | None = None
+    model: nn.Module | str, nfc: int, steps: int = 50, cfg_scale: float | None = None
 ) -> Profile | None:
-    """The shipped profile fitted on ``model`` for this budget and step count (and CFG scale,
-    when given), or None."""
-    digest = weights_hash(model)
+    """The shipped profile fitted on ``model`` (or its weights_hash) for this budget and step
+    count (and CFG scale, when given), or None."""
+    digest = model if isinstance(model, str) else weights_hash(model)
     for path in shipped_profiles():
         p = load_profile(path)
         same_cfg = cfg_scale is None or p.cfg_scale == cfg_scale
