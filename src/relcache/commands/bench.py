@@ -21,7 +21,9 @@ class i % num_classes), then writes report.md, results.json, plots and image gri
 Methods are names of the method registry (relcache.METHODS) with an optional trailing order
 (taylorseer1 = TaylorSeer m=1). Fixed-schedule methods (fora, taylorseer, rfe) take the interval
 whose NFC is closest to the budget; RCS methods (rfc, rcs) take the threshold calibrated on the
-first --calibration-samples samples. The full-compute reference is cached in --cache-dir.
+first --calibration-samples samples; NAME:fitted (taylorseer2:fitted) runs a fixed-schedule method
+on the shipped profile fitted on the model for each budget (relcache calibrate). The
+full-compute reference is cached in --cache-dir.
 A --out that already holds a bench is refused: --resume continues it (same model and settings),
 --overwrite replaces it.
 

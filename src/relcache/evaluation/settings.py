@@ -50,7 +50,9 @@ class BenchSettings:
     methods: tuple[str, ...] = field(
         default=DEFAULT_METHODS,
         metadata=option(
-            SWEEP, "comma-separated; a trailing number sets the order. Registered: {methods}"
+            SWEEP,
+            "comma-separated; a trailing number sets the order, a trailing ':fitted' runs a "
+            "fixed-schedule method on the model's fitted profile per budget. Registered: {methods}",
         ),
     )
     budgets: tuple[int, ...] = field(
