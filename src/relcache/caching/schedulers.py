@@ -223,9 +223,7 @@ class RCSSchedule(Scheduler):
     def _decide(self, history: History, x: Tensor) -> Decision:
         """A = A + ||I0 - I0_hat||_1 / ||I0||_1; rows with A > tau (or A not finite) run fully.
         The error is taken in float32 (float64 for a float64 model) whatever the model's dtype."""
-        coeff = history.coefficients(self.order)  # (B, m+1) fp64, shared with RFE's plan
-        predicted = taylor.combine(self.factors, coeff)  # (B, N)
-        num, den = rel.l1_error_terms(x, predicted)  # (B,) each: e = num / den
+        num, den = self._error_terms(history, x)  # (B,) each: e = num / den
         paired = history.branches == 1 and history.paired
         if self.scope == "row" or (self.scope == "sample" and not paired and not parallel.cfg()):
             acc = torch.addcdiv(self.acc, num, den)  # (B,) one kernel: each row decides alone
@@ -240,6 +238,11 @@ class RCSSchedule(Scheduler):
             self.acc = torch.where(keep, acc, 0.0)  # full rows start a new accumulation
             self.nonfinite = self.nonfinite + ~acc.isfinite()
         return decision
+
+    def _error_terms(self, history: History, x: Tensor) -> tuple[Tensor, Tensor]:
+        """||I0 - I0_hat||_1 and ||I0||_1 per row, I0_hat the Taylor prediction. (B,) each"""
+        coeff = history.coefficients(self.order)  # (B, m+1) fp64, shared with RFE's plan
+        return rel.l1_error_terms(x, taylor.combine(self.factors, coeff))
 
     def _keep(self, history: History, acc: Tensor, previous: Tensor) -> Tensor:
         """Rows that stay cached: A <= tau (``previous``: A before this step's error)."""
@@ -396,31 +399,17 @@ class RCSAllSchedule(RCSSchedule):
         else:
             st.lag = error if st.recorded is None else torch.where(st.recorded, 0.0, error)
 
-    def _decide(self, history: History, x: Tensor) -> Decision:
-        """A = A + (e_0 + sum_m e_m(previous step)) / M, shared by scope; > tau -> full."""
+    def _error_terms(self, history: History, x: Tensor) -> tuple[Tensor, Tensor]:
+        """e(k) = (e_0(k) + sum_m e_m(k-1)) / M as (e, 1): RCS's rule then accumulates it."""
+        num, den = super()._error_terms(history, x)  # (B,) each
         if not self.others:  # one cached module: RCS itself
-            return super()._decide(history, x)
-        coeff = history.coefficients(self.order)  # (B, m+1) fp64
-        num, den = rel.l1_error_terms(x, taylor.combine(self.factors, coeff))  # (B,) each
+            return num, den
         error = num / den  # (B,) e_0(k)
         lags = [st.lag for st in self.others.values() if st.lag is not None]
         if lags:
             error = error + torch.stack(lags).sum(0)  # (B,) + sum over modules of e_m(k-1)
         error = error / (len(self.others) + 1)  # (B,) e(k), the mean over the M modules
-        paired = history.branches == 1 and history.paired
-        if self.scope == "row" or (self.scope == "sample" and not paired and not parallel.cfg()):
-            acc = self.acc + error  # (B,) each row decides alone
-        else:
-            acc = self.acc + share(error, self.scope, paired)
-        previous, self.acc = self.acc, acc  # from here on as RCSSchedule._decide
-        if self._all_cached(acc):  # RCS's single host sync per cached step
-            return CACHED
-        keep = self._keep(history, acc, previous)
-        decision = Decision.from_keep(keep)
-        if decision.any_full:
-            self.acc = torch.where(keep, acc, 0.0)
-            self.nonfinite = self.nonfinite + ~acc.isfinite()
-        return decision
+        return error, torch.ones_like(error)
 
     def tensors(self) -> list[Tensor]:
         held = [t for st in self.others.values() for t in (st.factors, st.lag) if t is not None]

@@ -123,27 +123,9 @@ def tune_peer(
     cfg_scale: float,
     iterations: int = 7,
     progress: bool = False,
-) -> tuple[Peer, float]:
-    """``peer`` with its knob set so its GFLOPs per image on ``seeds`` is closest to the target
-    (bisection; integers: binary search); also the GFLOPs it measured there."""
-    kw = dict(steps=steps, cfg_scale=cfg_scale, iterations=iterations, progress=progress)
-    tuned, run = tune_run(model, peer, target_gflops, seeds, labels, **kw)
-    return tuned, run.gflops
-
-
-def tune_run(
-    model: nn.Module,
-    peer: Peer,
-    target_gflops: float,
-    seeds: Sequence[int],
-    labels: torch.Tensor,
-    *,
-    steps: int,
-    cfg_scale: float,
-    iterations: int = 7,
-    progress: bool = False,
 ) -> tuple[Peer, PeerRun]:
-    """:func:`tune_peer`, with the tuned peer's run on ``seeds`` (its images, for scoring)."""
+    """``peer`` with its knob set so its GFLOPs per image on ``seeds`` is closest to the target
+    (bisection; integers: binary search), and its run there (GFLOPs and images, for scoring)."""
     knob = peer.knob
     if knob is None:
         raise ValueError(f"{peer.name} has no knob to tune")
@@ -267,7 +249,7 @@ def _candidate(
     kw: dict[str, Any],
 ) -> Candidate:
     """``start`` with the grid ``point`` set, its knob tuned to the target, scored."""
-    peer, run = tune_run(model, start.with_knobs(**point), target_gflops, seeds, labels, **kw)
+    peer, run = tune_peer(model, start.with_knobs(**point), target_gflops, seeds, labels, **kw)
     knobs = {**point, peer.knob.name: peer.knobs[peer.knob.name]}
     return Candidate(peer, knobs, run.gflops, psnr(run.gen.images, reference), run)
 
